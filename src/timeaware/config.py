@@ -1,0 +1,108 @@
+"""One frozen config for the paper's knobs, shared by every time-dependent block.
+
+An ablation is a change of one field: ``TimeAware(norm="batch")``, ``cfg.replace(groups=1)``.
+Validation happens here, once, so every block can trust its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+NORMS = ("batch", "instance", "group", "layer", "none")
+POSITIONAL = ("none", "linear", "mlp")
+BIAS_INITS = ("zero", "default")
+INJECTIONS = ("add", "scale_shift")
+ACTIVATIONS = ("relu", "silu", "elu", "softplus", "sigmoid")
+
+
+def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def check_positive(field: str, value: object) -> None:
+    """Raise a one-line ValueError unless ``value`` is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{field}={value!r} is not allowed; it must be a positive integer")
+
+
+@dataclass(frozen=True)
+class TimeAware:
+    """How time enters a block and what normalizes it afterwards.
+
+    norm          normalization after the time addition: batch | instance | group | layer | none
+    groups        GroupNorm groups G (used when norm="group"); G = 1 was best in the paper (fix 3)
+    positional    positional timestep embedding (fix 1): none | linear (t·P) | mlp (sinusoidal → MLP → H×W)
+    operand_bias  bias init of the operand convs: zero (fix 2) | default (PyTorch's)
+    time_bias     bias init of the timestep branch: default (fix 2) | zero
+    injection     add (time added before the norm, the paper's site) | scale_shift (after the norm)
+    activation    relu | silu | elu | softplus | sigmoid
+    """
+
+    norm: str = "group"
+    groups: int = 32
+    positional: str = "none"
+    operand_bias: str = "default"
+    time_bias: str = "default"
+    injection: str = "add"
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        _choice("norm", self.norm, NORMS)
+        check_positive("groups", self.groups)
+        _choice("positional", self.positional, POSITIONAL)
+        _choice("operand_bias", self.operand_bias, BIAS_INITS)
+        _choice("time_bias", self.time_bias, BIAS_INITS)
+        _choice("injection", self.injection, INJECTIONS)
+        _choice("activation", self.activation, ACTIVATIONS)
+
+    def replace(self, **changes: Any) -> TimeAware:
+        """A copy with some fields changed (validated like the original)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown TimeAware field {unknown[0]!r}; allowed: {', '.join(field_names())}")
+        return dataclasses.replace(self, **changes)
+
+    def check_channels(self, channels: int) -> None:
+        """Raise unless this config can normalize ``channels`` channels."""
+        check_positive("channels", channels)
+        if self.norm == "group" and channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} does not divide channels={channels}; "
+                f"allowed groups: {', '.join(str(g) for g in divisors(channels))}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TimeAware:
+        return cls().replace(**data)
+
+    @classmethod
+    def from_strings(cls, pairs: list[str], base: TimeAware | None = None) -> TimeAware:
+        """Parse ``key=value`` strings (the CLI's ``--set``) onto ``base``."""
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set {pair!r} is not of the form key=value")
+            changes[key] = _parse_int(key, value) if key == "groups" else value
+        return (base or cls()).replace(**changes)
+
+
+def _parse_int(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} is not allowed; it must be a positive integer") from None
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TimeAware)]
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

@@ -1,0 +1,134 @@
+"""Time-dependent blocks: where time enters a network and what normalizes it afterwards.
+
+* ``ConcatConv2d``: the torchdiffeq / ANODE layer (a constant t channel concatenated, then a conv).
+  On interior pixels it is conv(x) + t·s_c with s_c the spatial sum of the t-slice of the kernel:
+  a per-channel offset (paper eqs. 2-4). Zero padding makes border pixels see a partial sum.
+* ``TimeConv2d``: the same idea written out, operand conv + per-channel time offset
+  (+ positional timestep embedding), with each branch's bias init from the config (fix 2).
+* ``ScaleShift``: time applied after the norm (improved-diffusion's ``use_scale_shift_norm``).
+* ``make_norm``: the validated normalization factory (fix 3 is ``groups``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import TimeAware, check_positive
+from .embeddings import as_time, init_bias_, make_activation, make_time_map
+
+__all__ = ["ConcatConv2d", "ScaleShift", "TimeConv2d", "init_bias_", "make_activation", "make_norm"]
+
+
+def make_norm(config: TimeAware, channels: int) -> nn.Module:
+    """The normalization ``config.norm`` names, for ``channels`` channels of an (N, C, H, W) map.
+
+    "layer" normalizes over (C, H, W) with a per-channel affine, i.e. GroupNorm with one group,
+    so it works at any resolution.
+    """
+    config.check_channels(channels)
+    if config.norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if config.norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if config.norm == "group":
+        return nn.GroupNorm(config.groups, channels)
+    if config.norm == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+class ConcatConv2d(nn.Module):
+    """Conv2d over [t·1, x]: torchdiffeq's example ``ConcatConv2d`` / ANODE's ``Conv2dTime``.
+
+    Called as ``layer(t, x)`` like torchdiffeq. The t channel comes first, is built before padding,
+    so zero padding gives border pixels a partial kernel sum: the edge effect the paper discusses.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, bias: bool = True, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        check_positive("in_channels", in_channels)
+        check_positive("out_channels", out_channels)
+        self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride, padding, bias=bias,
+                              padding_mode=padding_mode)
+
+    def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        tt = torch.ones_like(x[:, :1]) * as_time(t, x.shape[0], x)[:, None, None, None]
+        return self.conv(torch.cat([tt, x], dim=1))
+
+    @property
+    def time_offset(self) -> torch.Tensor:
+        """s_c: what one unit of t adds to channel c on interior pixels (paper eq. 4)."""
+        return self.conv.weight[:, 0].sum(dim=(-1, -2))
+
+
+class TimeConv2d(nn.Module):
+    """Operand conv plus time: y = conv(x) + e(t) [+ p(t)], the paper's Conv–Emb.
+
+    offset   "linear": e_c(t) = w_c·t + b_c from the raw t (ConcatConv without the edge effect);
+             "embedding": e(t) = Linear(act(emb)) from a timestep embedding (DDPM, needs ``emb_dim``);
+             "none": no per-channel offset (used with ``ScaleShift`` after the norm).
+    The positional map p(t) (fix 1) comes from ``config.positional`` and needs ``size`` = (H, W) of
+    the output. Operand and timestep branches get their own bias policies (fix 2).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, config: TimeAware,
+                 offset: str = "linear", emb_dim: int | None = None, size: tuple[int, int] | None = None,
+                 stride: int = 1, padding: int | None = None, t_scale: float = 1.0) -> None:
+        super().__init__()
+        check_positive("in_channels", in_channels)
+        check_positive("out_channels", out_channels)
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = init_bias_(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding),
+                               config.operand_bias)
+        if offset == "linear":
+            self.offset: nn.Module | None = nn.Linear(1, out_channels)
+        elif offset == "embedding":
+            if emb_dim is None:
+                raise ValueError("offset='embedding' needs emb_dim, the size of the timestep embedding")
+            self.offset = nn.Sequential(make_activation(config.activation), nn.Linear(emb_dim, out_channels))
+        elif offset == "none":
+            self.offset = None
+        else:
+            raise ValueError(f"offset={offset!r} is not allowed; choose one of linear, embedding, none")
+        self.offset_kind = offset
+        if self.offset is not None:
+            init_bias_(self.offset, config.time_bias)
+        self.time_map = make_time_map(config, size, t_scale=t_scale)
+        if self.time_map is not None:
+            init_bias_(self.time_map, config.time_bias)
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.conv(x)
+        tb = as_time(t, x.shape[0], x)
+        if self.offset_kind == "linear":
+            y = y + self.offset(tb[:, None])[:, :, None, None]
+        elif self.offset_kind == "embedding":
+            if emb is None:
+                raise ValueError("this TimeConv2d adds a timestep embedding: call it as layer(x, t, emb)")
+            y = y + self.offset(emb)[:, :, None, None]
+        if self.time_map is not None:
+            p = self.time_map(tb)
+            if p.shape[-2:] != y.shape[-2:]:
+                raise ValueError(f"positional map is {tuple(p.shape[-2:])} but the feature map is "
+                                 f"{tuple(y.shape[-2:])}; pass size=(H, W) of the conv output")
+            y = y + p
+        return y
+
+
+class ScaleShift(nn.Module):
+    """Time after the norm: h·(1 + s(emb)) + b(emb), as improved-diffusion's ``use_scale_shift_norm``.
+
+    The compared variant: a per-channel scale survives any norm that precedes it.
+    """
+
+    def __init__(self, channels: int, emb_dim: int, config: TimeAware) -> None:
+        super().__init__()
+        self.proj = init_bias_(nn.Sequential(make_activation(config.activation), nn.Linear(emb_dim, 2 * channels)),
+                               config.time_bias)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(emb)[:, :, None, None].chunk(2, dim=1)
+        return h * (1 + scale) + shift
+
