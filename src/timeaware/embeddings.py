@@ -25,7 +25,8 @@ def as_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Te
     Accepts a Python number, a 0-d tensor (one t shared by the batch, as in an ODE solve) or a
     per-sample tensor of shape (batch,) (as in diffusion training).
     """
-    t = torch.as_tensor(t, device=like.device).to(like.dtype)
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    t = torch.as_tensor(t, dtype=dtype, device=like.device)  # a Python float never rounds via float32
     if t.ndim == 0:
         t = t.expand(batch)
     elif t.shape != (batch,):

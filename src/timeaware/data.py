@@ -1,0 +1,125 @@
+"""Image datasets: a built-in default that needs no download, and CIFAR from local files.
+
+* ``digits`` (default): scikit-learn's 8×8 handwritten digits (1,797 images, shipped with the
+  package), split 80/20 with a fixed permutation and resized to ``size``.
+* ``cifar10``: a local ``.npz`` in the format of ``shared/data/README.md`` (keys x_train, y_train,
+  x_test, y_test; uint8 HWC), from ``--data PATH`` or the ``TIMEAWARE_CIFAR10`` environment variable.
+* ``cifar10-torchvision`` / ``cifar100-torchvision``: torchvision's datasets under ``TIMEAWARE_DATA_ROOT``
+  when torchvision is installed (downloads only if ``TIMEAWARE_DOWNLOAD=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+SOURCES = ("digits", "cifar10", "cifar10-torchvision", "cifar100-torchvision")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass
+class ImageData:
+    """Images as float NCHW in [0, 1] with integer labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, limit: int | None, seed: int = 0) -> ImageData:
+        """A class-balanced-in-expectation random subset of ``limit`` images (all when None)."""
+        if limit is None or limit >= len(self):
+            return self
+        if limit <= 0:
+            raise ValueError(f"limit={limit} is not allowed; it must be a positive integer")
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
+        return ImageData(self.x[idx], self.y[idx], self.num_classes, self.name)
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std (for mean-std normalization)."""
+        return self.x.mean(dim=(0, 2, 3)).tolist(), self.x.std(dim=(0, 2, 3)).tolist()
+
+
+def load_images(source: str | None = None, split: str = "train", size: int | None = None) -> ImageData:
+    """Load ``split`` ("train" | "test") of a dataset name or .npz path, optionally resized to size×size."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r} is not allowed; choose one of train, test")
+    source = source or "digits"
+    if source == "digits":
+        data = _digits(split)
+    elif source == "cifar10" or source.endswith(".npz"):
+        data = _npz(_cifar_path(source), split)
+    elif source in ("cifar10-torchvision", "cifar100-torchvision"):
+        data = _torchvision(source, split)
+    else:
+        raise ValueError(f"dataset {source!r} is unknown; choose one of {', '.join(SOURCES)} or a path to a .npz")
+    if size is not None and tuple(data.x.shape[-2:]) != (size, size):
+        if size <= 0:
+            raise ValueError(f"size={size} is not allowed; it must be a positive integer")
+        data.x = F.interpolate(data.x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return data
+
+
+def _digits(split: str) -> ImageData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(y))
+    idx = perm[:cut] if split == "train" else perm[cut:]
+    return ImageData(x[idx], y[idx], 10, "digits")
+
+
+def _cifar_path(source: str) -> Path:
+    if source != "cifar10":
+        return Path(source)
+    env = os.environ.get("TIMEAWARE_CIFAR10")
+    if not env:
+        raise ValueError("dataset 'cifar10' needs a path: pass --data /path/to/cifar10.npz or set TIMEAWARE_CIFAR10")
+    return Path(env)
+
+
+def _npz(path: Path, split: str) -> ImageData:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected a CIFAR-style .npz with keys {', '.join(NPZ_KEYS)})")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            missing = [k for k in NPZ_KEYS if k not in d.files]
+            if missing:
+                raise ValueError(f"{path}: missing keys {missing}; expected {', '.join(NPZ_KEYS)}")
+            x, y = d[f"x_{split}"], d[f"y_{split}"]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8 or len(x) != len(y):
+        raise ValueError(f"{path}: x_{split} has shape {x.shape} dtype {x.dtype}; expected uint8 (N, H, W, 3) "
+                         f"matching y_{split} of length N")
+    images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+    labels = torch.from_numpy(y.astype(np.int64))
+    return ImageData(images, labels, int(labels.max()) + 1, path.stem)
+
+
+def _torchvision(source: str, split: str) -> ImageData:
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise ValueError(f"dataset {source!r} needs torchvision, which is not installed") from None
+    root = os.environ.get("TIMEAWARE_DATA_ROOT", "data")
+    cls = tvd.CIFAR10 if source.startswith("cifar10-") else tvd.CIFAR100
+    try:
+        ds = cls(root, train=split == "train", download=os.environ.get("TIMEAWARE_DOWNLOAD") == "1")
+    except RuntimeError as err:
+        raise FileNotFoundError(f"{root}: {source} not found ({err}); set TIMEAWARE_DOWNLOAD=1 to download") from None
+    images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float() / 255.0
+    labels = torch.tensor(ds.targets, dtype=torch.long)
+    return ImageData(images, labels, len(ds.classes), source)

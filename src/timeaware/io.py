@@ -1,0 +1,118 @@
+"""Safe, atomic files: every file the project writes appears whole or not at all.
+
+Writes go to a temporary file in the same folder, are fsynced, then renamed over the target, so a
+crash at any moment leaves the previous version intact. Weights are safetensors; everything else is
+JSON. Nothing is ever unpickled, except through ``torch.load(weights_only=True)``, which refuses code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then fsync and rename ``tmp_path`` onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def dumps(value: Any, indent: int | None = None) -> str:
+    """JSON with NaN/inf written as null (strict JSON that every reader accepts)."""
+    return json.dumps(_json_safe(value), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    return atomic_write_text(path, dumps(value, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err.__class__.__name__}: {err})") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors, atomically (contiguous CPU copies; shared storage is fine)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    return atomic_write(path, lambda p: save_file(flat, str(p), metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a truncated or corrupted file gives a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix != ".safetensors":
+        return load_untrusted_torch(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: corrupted or truncated safetensors file ({err})") from None
+
+
+def load_untrusted_torch(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a .pt/.pth file with ``weights_only=True``; a pickle that would run code is refused."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: refused, loading it would execute code ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: corrupted or unreadable torch file ({err})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a flat dict of tensors (a state_dict)")
+    return obj
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,152 @@
+"""Checkpoints that resume a run exactly: weights, EMA, optimizer, LR scheduler, step, RNG states, config.
+
+Layout (``RUN/checkpoints/``)::
+
+    step-00001200/  <module>.safetensors ...  optimizer.safetensors  rng.safetensors  state.json
+    latest          name of the newest complete checkpoint folder, replaced atomically
+
+A checkpoint folder is written under a temporary name and renamed when complete, then ``latest`` is
+switched, so a crash at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..io import atomic_write_text, load_tensors, save_tensors
+
+LATEST = "latest"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None when the run has none."""
+    pointer = checkpoint_root(run_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    if not (folder / "state.json").is_file():
+        raise ValueError(f"{pointer}: points to {folder.name}, which is missing or incomplete")
+    return folder
+
+
+def save_checkpoint(run_dir: str | Path, *, step: int, modules: dict[str, nn.Module],
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None,
+                    generators: dict[str, torch.Generator] | None = None, state: dict[str, Any] | None = None,
+                    keep: int = 2) -> Path:
+    """Write a complete checkpoint for ``step`` and make it the latest; keep the newest ``keep``."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    tmp = root / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for key, module in modules.items():
+        save_tensors(tmp / f"{key}.safetensors", module.state_dict())
+    meta: dict[str, Any] = {"step": step, "state": state or {}, "modules": sorted(modules)}
+    if optimizer is not None:
+        tensors, meta["optimizer"] = _split_optimizer(optimizer.state_dict())
+        save_tensors(tmp / "optimizer.safetensors", tensors)
+    if scheduler is not None:
+        meta["scheduler"] = scheduler.state_dict()
+    rng_tensors, meta["rng"] = _rng_state(generators or {})
+    save_tensors(tmp / "rng.safetensors", rng_tensors)
+    # json with allow_nan: ReduceLROnPlateau keeps best=inf, which must round-trip exactly.
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_text(root / LATEST, name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None,
+                    generators: dict[str, torch.Generator] | None = None, restore_rng: bool = True) -> dict[str, Any]:
+    """Load a checkpoint folder (or a run folder's latest) into the given objects; returns its metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if not (path / "state.json").is_file():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint found (expected state.json or checkpoints/latest)")
+        path = found
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / 'state.json'}: corrupted checkpoint metadata ({err})") from None
+    for key, module in modules.items():
+        file = path / f"{key}.safetensors"
+        try:
+            module.load_state_dict(load_tensors(file))
+        except RuntimeError as err:
+            raise ValueError(f"{file}: does not match the model ({str(err).splitlines()[0]})") from None
+    if optimizer is not None:
+        optimizer.load_state_dict(_join_optimizer(load_tensors(path / "optimizer.safetensors"), meta["optimizer"]))
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict(meta["scheduler"])
+    if restore_rng:
+        _restore_rng(load_tensors(path / "rng.safetensors"), meta["rng"], generators or {})
+    return meta
+
+
+def _split_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {}
+    for idx, slots in sd["state"].items():
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                plain[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "plain": plain}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta["plain"].items()]:
+        idx, key = flat.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    np_state = np.random.get_state()
+    tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    tensors.update({f"gen.{k}": g.get_state() for k, g in generators.items()})
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    py = random.getstate()
+    meta = {"numpy": [np_state[0], *np_state[2:]], "python": [py[0], list(py[1]), py[2]]}
+    return tensors, meta
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                 generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    for key, gen in generators.items():
+        if f"gen.{key}" not in tensors:
+            raise ValueError(f"checkpoint has no RNG state for generator {key!r}")
+        gen.set_state(tensors[f"gen.{key}"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,54 @@
+import pytest
+
+from timeaware import TimeAware, make_norm
+
+
+def test_defaults_are_the_papers_baseline():
+    cfg = TimeAware()
+    assert (cfg.norm, cfg.groups, cfg.positional, cfg.injection) == ("group", 32, "none", "add")
+
+
+def test_replace_changes_one_field_and_is_frozen():
+    cfg = TimeAware().replace(groups=1)
+    assert cfg.groups == 1 and cfg.norm == "group"
+    with pytest.raises(AttributeError):
+        cfg.groups = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"norm": "weight"}, "norm='weight' is not allowed; choose one of batch, instance, group, layer, none"),
+        ({"groups": 0}, "groups=0 is not allowed; it must be a positive integer"),
+        ({"groups": 2.5}, "groups=2.5 is not allowed"),
+        ({"positional": "sinusoid"}, "positional='sinusoid' is not allowed"),
+        ({"operand_bias": "one"}, "operand_bias='one' is not allowed"),
+        ({"time_bias": None}, "time_bias=None is not allowed"),
+        ({"injection": "film"}, "injection='film' is not allowed; choose one of add, scale_shift"),
+        ({"activation": "gelu"}, "activation='gelu' is not allowed"),
+        ({"colour": "red"}, "unknown TimeAware field 'colour'"),
+    ],
+)
+def test_bad_values_raise_one_line_errors(changes, message):
+    with pytest.raises(ValueError) as err:
+        TimeAware().replace(**changes)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_groups_must_divide_channels():
+    with pytest.raises(ValueError, match=r"groups=32 does not divide channels=48; allowed groups: 1, 2, 3, 4, 6"):
+        make_norm(TimeAware(), 48)
+
+
+def test_from_strings_parses_cli_pairs():
+    cfg = TimeAware.from_strings(["norm=batch", "groups=4"])
+    assert cfg == TimeAware(norm="batch", groups=4)
+    with pytest.raises(ValueError, match="groups='four' is not allowed"):
+        TimeAware.from_strings(["groups=four"])
+    with pytest.raises(ValueError, match="not of the form key=value"):
+        TimeAware.from_strings(["norm"])
+
+
+def test_dict_round_trip():
+    cfg = TimeAware(norm="instance", positional="mlp", activation="silu")
+    assert TimeAware.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,124 @@
+import pytest
+import torch
+from diffusers.models.embeddings import get_timestep_embedding
+from torch import nn
+from torch.nn import functional as F
+
+from timeaware import ConcatConv2d, LinearTimeMap, MLPTimeMap, ScaleShift, TimeAware, TimeConv2d, make_norm
+from timeaware.embeddings import as_time, sinusoidal_features
+from timeaware.node import ODEFunc
+
+
+def test_concatconv_is_conv_plus_per_channel_offset_on_interior_pixels():
+    layer = ConcatConv2d(4, 6).double()
+    x, t = torch.randn(2, 4, 8, 8, dtype=torch.float64), 0.7
+    w = layer.conv.weight
+    plain = F.conv2d(x, w[:, 1:], layer.conv.bias, padding=1)
+    expected = plain + t * w[:, 0].sum(dim=(-1, -2))[None, :, None, None]
+    out = layer(t, x)
+    torch.testing.assert_close(out[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], rtol=0, atol=1e-12)
+    # zero padding: border pixels see only part of the t-kernel (the edge effect)
+    assert (out[..., 0, :] - expected[..., 0, :]).abs().max() > 1e-3
+
+
+def test_concatconv_matches_torchdiffeq_example_semantics():
+    layer = ConcatConv2d(3, 5)
+    x, t = torch.randn(2, 3, 6, 6), torch.tensor(0.3)
+    ref = layer.conv(torch.cat([torch.ones_like(x[:, :1]) * t, x], 1))  # torchdiffeq's odenet_mnist
+    torch.testing.assert_close(layer(t, x), ref)
+
+
+@pytest.mark.parametrize("t", [0.5, torch.tensor(0.5), torch.tensor([0.5, 0.5])])
+def test_time_accepts_float_0d_and_per_sample(t):
+    x = torch.randn(2, 3)
+    assert as_time(t, 2, x).shape == (2,)
+
+
+def test_time_rejects_bad_shapes_and_non_finite():
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"t has shape \(3,\); allowed: a scalar, a 0-d tensor or shape \(2,\)"):
+        as_time(torch.zeros(3), 2, x)
+    with pytest.raises(ValueError, match="non-finite"):
+        as_time(float("nan"), 2, x)
+
+
+def test_per_sample_time_gives_each_sample_its_own_offset():
+    layer = TimeConv2d(2, 3, config=TimeAware())
+    x = torch.randn(1, 2, 5, 5).expand(2, -1, -1, -1)
+    out = layer(x, torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(out[1] - out[0], layer.offset.weight[:, 0][:, None, None].expand(3, 5, 5))
+
+
+def test_sinusoidal_features_match_diffusers_ddpm_convention():
+    t = torch.tensor([0.0, 3.0, 999.0])
+    ref = get_timestep_embedding(t, 32, flip_sin_to_cos=False, downscale_freq_shift=1)
+    torch.testing.assert_close(sinusoidal_features(t, 32), ref)
+
+
+def test_bias_policies_zero_exactly_the_operand_branch():
+    cfg = TimeAware(operand_bias="zero", time_bias="default", positional="mlp")
+    layer = TimeConv2d(4, 8, config=cfg, offset="embedding", emb_dim=16, size=(6, 6))
+    assert torch.count_nonzero(layer.conv.bias) == 0
+    time_biases = [m.bias for m in [*layer.offset.modules(), *layer.time_map.modules()] if isinstance(m, nn.Linear)]
+    assert time_biases and all(torch.count_nonzero(b) == b.numel() for b in time_biases)
+    flipped = TimeConv2d(4, 8, config=cfg.replace(operand_bias="default", time_bias="zero"), offset="embedding",
+                         emb_dim=16, size=(6, 6))
+    assert torch.count_nonzero(flipped.conv.bias) == 8
+    assert all(torch.count_nonzero(m.bias) == 0 for m in flipped.modules() if isinstance(m, nn.Linear))
+
+
+def test_node_func_bias_policy_reaches_concatconv():
+    func = ODEFunc(8, TimeAware(groups=4, operand_bias="zero"))
+    assert torch.count_nonzero(func.conv1.conv.bias) == 0 and torch.count_nonzero(func.conv2.conv.bias) == 0
+
+
+def test_batchnorm_cancels_per_channel_offset_and_positional_map_survives():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    layer = TimeConv2d(3, 5, config=TimeAware(norm="batch"), padding=1).double()
+    bn = make_norm(TimeAware(norm="batch"), 5).double().train()
+    torch.testing.assert_close(bn(layer(x, 0.1)), bn(layer(x, 0.9)), rtol=0, atol=1e-10)
+    mapped = TimeConv2d(3, 5, config=TimeAware(norm="batch", positional="linear"), size=(6, 6)).double()
+    assert (bn(mapped(x, 0.1)) - bn(mapped(x, 0.9))).abs().max() > 1e-2
+
+
+def test_time_maps_are_shared_by_channels_and_vary_over_space():
+    t = torch.tensor([0.0, 2.0])
+    lin = LinearTimeMap((4, 5))
+    out = lin(t)
+    assert out.shape == (2, 1, 4, 5) and torch.count_nonzero(out[0]) == 0
+    torch.testing.assert_close(out[1], 2 * lin.weight[None])
+    mlp = MLPTimeMap((4, 5), TimeAware())
+    assert mlp(t).shape == (2, 1, 4, 5) and mlp(t)[1].std() > 0
+    assert torch.count_nonzero(MLPTimeMap((4, 5), TimeAware(), zero_init=True)(t)) == 0
+
+
+def test_positional_map_size_mismatch_is_a_clear_error():
+    layer = TimeConv2d(2, 2, config=TimeAware(positional="linear"), size=(4, 4))
+    with pytest.raises(ValueError, match=r"positional map is \(4, 4\) but the feature map is \(5, 5\)"):
+        layer(torch.randn(1, 2, 5, 5), 0.5)
+
+
+def test_scale_shift_starts_near_identity_and_depends_on_embedding():
+    ss = ScaleShift(3, 8, TimeAware())
+    h, emb = torch.randn(2, 3, 4, 4), torch.randn(2, 8)
+    out = ss(h, emb)
+    assert out.shape == h.shape and not torch.allclose(out[0], out[1] * 0 + out[0] + 1)
+
+
+@pytest.mark.parametrize(("norm", "cls"), [("batch", nn.BatchNorm2d), ("instance", nn.InstanceNorm2d),
+                                           ("group", nn.GroupNorm), ("layer", nn.GroupNorm), ("none", nn.Identity)])
+def test_norm_factory(norm, cls):
+    m = make_norm(TimeAware(norm=norm, groups=2), 4)
+    assert isinstance(m, cls)
+    if norm == "layer":
+        assert m.num_groups == 1
+
+
+def test_ode_func_both_time_inputs_run_and_depend_on_t():
+    for time in ("concat", "mlp"):
+        func = ODEFunc(8, TimeAware(groups=2, norm="group"), time=time)
+        x = torch.randn(2, 8, 6, 6)
+        assert not torch.allclose(func(0.1, x), func(0.9, x))
+    with pytest.raises(ValueError, match="time='sde' is not allowed"):
+        ODEFunc(8, time="sde")
