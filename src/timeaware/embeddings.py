@@ -104,25 +104,28 @@ class MLPTimeMap(nn.Module):
     """Positional timestep embedding, MLP form: sinusoidal(t) → Linear → act → Linear → H×W map.
 
     The paper's parallel branch next to the usual per-channel embedding (its Figure 5).
-    ``zero_init`` zeroes the last layer so the map starts at 0 (output-preserving).
+    ``sinusoidal=False`` takes an existing timestep embedding (B, features) instead of t, as a block
+    of a diffusers U-Net receives it. ``zero_init`` zeroes the last layer so the map starts at 0
+    (output-preserving, for fine-tuning a trained model).
     """
 
     def __init__(self, size: tuple[int, int], config: TimeAware, features: int = 64, hidden: int = 64,
-                 t_scale: float = 1.0, zero_init: bool = False) -> None:
+                 t_scale: float = 1.0, zero_init: bool = False, sinusoidal: bool = True) -> None:
         super().__init__()
         self.size = _check_size(size)
         check_positive("hidden", hidden)
-        self.features, self.t_scale = features, t_scale
-        self.net = nn.Sequential(nn.Linear(features, hidden), make_activation(config.activation),
-                                 nn.Linear(hidden, self.size[0] * self.size[1]))
+        self.features, self.t_scale, self.sinusoidal = features, t_scale, sinusoidal
+        act = config.activation
+        self.net = nn.Sequential(*([] if sinusoidal else [make_activation(act)]), nn.Linear(features, hidden),
+                                 make_activation(act), nn.Linear(hidden, self.size[0] * self.size[1]))
         init_bias_(self.net, config.time_bias)
         if zero_init:
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        out = self.net(sinusoidal_features(t * self.t_scale, self.features))
-        return out.view(-1, 1, *self.size)
+        x = sinusoidal_features(t * self.t_scale, self.features) if self.sinusoidal else t
+        return self.net(x).view(-1, 1, *self.size)
 
 
 def make_time_map(config: TimeAware, size: tuple[int, int] | None, t_scale: float = 1.0,

@@ -1,0 +1,139 @@
+"""In-place surgery that applies the paper's fixes to models people already have.
+
+Three kinds of time-injection site are understood (anything else is refused, never guessed):
+
+* diffusers ``ResnetBlock2D`` with ``time_embedding_norm="default"``: ``conv1(h) + proj(temb)`` then ``norm2``;
+* timeaware ``TimeConv2d`` with a per-channel offset, and ``ODEFunc``'s ConcatConv layers;
+* torchdiffeq-style ``ConcatConv2d`` / ANODE ``Conv2dTime``: a module called ``layer(t, x)`` whose
+  ``_layer`` (or ``conv``) convolves ``[t·1, x]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import TimeAware
+from ..embeddings import LinearTimeMap, MLPTimeMap, as_time
+from ..layers import ConcatConv2d, TimeConv2d
+
+CONCAT_NAMES = ("ConcatConv2d", "Conv2dTime")
+
+
+@dataclass
+class Site:
+    """A place where time is added per channel before a normalization."""
+
+    name: str  # qualified module name of the injector
+    kind: str  # "diffusers-resnet" | "timeconv" | "concat"
+    module: nn.Module
+
+    def operand_convs(self) -> list[nn.Conv2d]:
+        """The convs of the operand branch (fix 2 zeroes their biases)."""
+        if self.kind == "diffusers-resnet":
+            return [self.module.conv1, self.module.conv2]
+        if self.kind == "timeconv":
+            return [self.module.conv]
+        return [concat_conv(self.module)]
+
+
+def concat_conv(module: nn.Module) -> nn.Conv2d:
+    """The conv inside a ConcatConv-style layer (timeaware ``conv``, torchdiffeq ``_layer``)."""
+    conv = getattr(module, "conv", None) or getattr(module, "_layer", None)
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"{type(module).__name__} looks like a ConcatConv but holds no Conv2d as .conv or ._layer")
+    return conv
+
+
+def find_sites(model: nn.Module) -> list[Site]:
+    """Every time-injection site this module understands, in registration order."""
+    sites = []
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if cls == "ResnetBlock2D" and getattr(module, "time_emb_proj", None) is not None:
+            if module.time_embedding_norm == "default":
+                sites.append(Site(name, "diffusers-resnet", module))
+        elif isinstance(module, TimeConv2d) and module.offset_kind != "none":
+            sites.append(Site(name, "timeconv", module))
+        elif isinstance(module, ConcatConv2d) or cls in CONCAT_NAMES:
+            sites.append(Site(name, "concat", module))
+    return sites
+
+
+class EmbeddingMappedNorm(nn.Module):
+    """``norm(h + p(temb))``: a diffusers resnet's norm2 with a positional map from its time embedding.
+
+    The block's forward pre-hook hands over ``temb`` before ``norm2`` runs, so the block's own code is
+    unchanged.
+    """
+
+    def __init__(self, norm: nn.Module, time_map: MLPTimeMap) -> None:
+        super().__init__()
+        self.norm, self.time_map = norm, time_map
+        self._temb: torch.Tensor | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self._temb is None:
+            raise RuntimeError("positional map has no time embedding: call the whole resnet block")
+        return self.norm(h + self.time_map(self._temb).to(h.dtype))
+
+
+class TimeMapped(nn.Module):
+    """``layer(t, x) + p(t)``: a torchdiffeq-style time layer with a positional timestep embedding."""
+
+    def __init__(self, layer: nn.Module, time_map: nn.Module) -> None:
+        super().__init__()
+        self.layer, self.time_map = layer, time_map
+
+    def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(t, x)
+        return y + self.time_map(as_time(t, x.shape[0], y))
+
+
+def _stash_temb(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    temb = args[1] if len(args) > 1 else kwargs.get("temb")
+    module.norm2._temb = temb
+
+
+def add_positional(model: nn.Module, site: Site, size: tuple[int, int], *, form: str, preserve: bool) -> None:
+    """Add a positional timestep embedding at ``site``; with ``preserve`` it starts at 0."""
+    config = TimeAware(activation="silu", positional=form)
+    if site.kind == "diffusers-resnet":
+        block = site.module
+        emb_dim = block.time_emb_proj.in_features
+        tmap = MLPTimeMap(size, config, features=emb_dim, hidden=64, zero_init=preserve, sinusoidal=False)
+        block.norm2 = EmbeddingMappedNorm(block.norm2, tmap)
+        block.register_forward_pre_hook(_stash_temb, with_kwargs=True)
+        return
+    tmap = LinearTimeMap(size, init_std=0.0 if preserve else 0.1) if form == "linear" else MLPTimeMap(
+        size, config, t_scale=1000.0, zero_init=preserve)
+    if site.kind == "timeconv":
+        site.module.time_map = tmap
+        return
+    parent_name, _, child = site.name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, TimeMapped(site.module, tmap))
+
+
+def regroup(model: nn.Module, groups: int) -> list[str]:
+    """Replace every GroupNorm by one with ``groups`` groups, copying eps and affine parameters."""
+    changed = []
+    norms = [(n, m) for n, m in model.named_modules() if type(m) is nn.GroupNorm]
+    bad = [f"{n} ({m.num_channels} channels)" for n, m in norms if m.num_channels % groups]
+    if bad:
+        raise ValueError(f"groups={groups} does not divide the channels of {bad[0]}; choose a common divisor")
+    for name, norm in norms:
+        if norm.num_groups == groups:
+            continue
+        new = nn.GroupNorm(groups, norm.num_channels, norm.eps, norm.affine).to(
+            device=norm.weight.device if norm.affine else None, dtype=norm.weight.dtype if norm.affine else None)
+        if norm.affine:
+            with torch.no_grad():
+                new.weight.copy_(norm.weight)
+                new.bias.copy_(norm.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        changed.append(f"{name}: GroupNorm({norm.num_groups}) -> GroupNorm({groups})")
+    return changed
