@@ -115,3 +115,12 @@ def test_digits_are_builtin_and_cifar_npz_errors_are_clear(tmp_path):
              x_test=np.zeros((2, 32, 32, 3), np.uint8), y_test=np.arange(2))
     data = load_images(str(good), "train")
     assert data.x.shape == (4, 3, 32, 32) and float(data.x.max()) == 1.0 and data.num_classes == 4
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import stat
+
+    path = save_tensors(tmp_path / "w.safetensors", {"a": torch.zeros(1)})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
