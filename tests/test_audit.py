@@ -177,7 +177,8 @@ def test_time_share_and_snr_in_closed_form() -> None:
     k = torch.arange(4, dtype=torch.float64)[:, None, None]
     n = torch.arange(5, dtype=torch.float64)[None, :, None]
     only_time, only_sample = k.expand(4, 5, 7), n.expand(4, 5, 7)
-    assert time_share(only_time) == 1.0 and time_share(only_sample) == 0.0
+    assert time_share(only_time) == pytest.approx(1.0, abs=1e-12)
+    assert time_share(only_sample) == pytest.approx(0.0, abs=1e-12)
     y = 2 * k + n  # Var_k = 4·1.25 = 5, Var_n = 2 for every unit
     assert snr(y.expand(4, 5, 7)) == pytest.approx(5.0 / 2.0)
     assert time_share(y.expand(4, 5, 7)) == pytest.approx(5.0 / 7.0)

@@ -97,12 +97,18 @@ class _Capture:
         self.k, self.n = k, n
         self.sites: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.order: list[str] = []
-        self.where: tuple[torch.Tensor, torch.Tensor] | None = None  # (k index, n index) of the batch rows
+        self.where: tuple[Any, Any] | None = None  # (k index, n index) of the batch rows
         self.calls: dict[str, int] = {}
         self.output = torch.empty(0)
 
     def start(self, k_idx: torch.Tensor, n_idx: torch.Tensor) -> None:
-        self.where, self.calls = (k_idx, n_idx), {}
+        """Rows of the next call; a shared-t batch of consecutive inputs is a plain slice (a fast copy)."""
+        first, last = int(n_idx[0]), int(n_idx[-1])
+        if bool((k_idx == k_idx[0]).all()) and last - first + 1 == n_idx.numel() and bool((n_idx.diff() == 1).all()):
+            self.where = (int(k_idx[0]), slice(first, last + 1))
+        else:
+            self.where = (k_idx, n_idx)
+        self.calls = {}
 
     def hook(self, name: str) -> Callable[..., None]:
         def fn(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
