@@ -183,7 +183,9 @@ def test_time_share_and_snr_in_closed_form() -> None:
     assert snr(y.expand(4, 5, 7)) == pytest.approx(5.0 / 2.0)
     assert time_share(y.expand(4, 5, 7)) == pytest.approx(5.0 / 7.0)
     big = torch.randn(3, 4, 2, 5, 5, dtype=torch.float64)
+    kept = big.clone()
     chunked, whole = summarize(big, chunk_elements=7), summarize(big)
+    assert torch.equal(big, kept)  # float64 input is copied, not shifted in place
     for key in ("snr", "time_share", "interior_snr"):
         assert getattr(chunked, key) == pytest.approx(getattr(whole, key), rel=1e-12)
 
