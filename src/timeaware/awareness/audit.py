@@ -193,7 +193,7 @@ def _call(fn: CallFn | str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, 
 
 
 def _layer(key: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerAudit:
-    s_in, s_out = summarize(inp), summarize(out)
+    s_in, s_out = summarize(inp, share=False), summarize(out)
     s = survival(s_in.snr, s_out.snr, inp.dtype)
     inside = survival(s_in.interior_snr, s_out.interior_snr, inp.dtype)
     return LayerAudit(name=key, type=type(module).__name__, survival=s, interior_survival=inside,

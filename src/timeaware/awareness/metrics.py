@@ -54,15 +54,18 @@ def interior_mask(shape: tuple[int, ...]) -> torch.Tensor | None:
     return mask.reshape(-1)
 
 
-def summarize(y: torch.Tensor, chunk_elements: int = 1 << 22) -> Summary:
-    """SNR, interior SNR and η² of ``y`` (K, N, ...) in float64, a chunk of units at a time.
+def summarize(y: torch.Tensor, share: bool = True, chunk_elements: int = 1 << 18) -> Summary:
+    """SNR, interior SNR and η² of ``y`` (K, N, ...) in float64, a cache-sized chunk of units at a time.
 
-    All three are per-unit moments summed over units, so chunking the units is exact; it bounds
-    the float64 copy to ``chunk_elements`` values whatever the layer size. Speed matters here (the
-    audit's budget is 10% of the model's forward passes), so each chunk is read five times: the
-    float64 copy, a shift by the unit's first value (keeps E[Y²] - E[Y]² free of cancellation),
-    its square, and one matrix product each that sums over n (per k) and over k (per n). The total
-    variance per unit follows the law of total variance: Var_{k,n} = Var_k(mean_n Y) + mean_k Var_n(Y).
+    All three are per-unit moments summed over units, so chunking the units is exact. Speed matters
+    (the audit's budget is 10% of the model's forward passes; ``Tensor.square`` and ``Tensor.var`` are
+several times slower than products and sums here), so each chunk is read three times:
+    the shift by its first sample Y[0, 0] written straight into a reused float64 buffer (the shift
+    keeps E[d²] - E[d]² free of cancellation; for float32 data it is computed in float32, exact to
+    the data's own rounding), its square, and one small matrix product each that averages over n
+    (per k) and over k (per n). The total variance per unit follows the law of total variance:
+    Var_{k,n} = Var_k(mean_n Y) + mean_k Var_n(Y). ``share=False`` skips η² (NaN), which the audit needs
+    only for layer outputs.
     """
     if y.ndim < 2 or y.shape[0] < 2 or y.shape[1] < 2:
         raise ValueError(f"captured tensor has shape {tuple(y.shape)}; allowed: (K, N, ...) with K, N >= 2")
@@ -71,38 +74,43 @@ def summarize(y: torch.Tensor, chunk_elements: int = 1 << 22) -> Summary:
     units = flat.shape[2]
     inner = interior_mask(tuple(y.shape[2:]))
     eps2 = torch.finfo(y.dtype).eps ** 2 if y.dtype.is_floating_point else 0.0
-    step = max(1, chunk_elements // (k * n))
+    step = min(units, max(1, chunk_elements // (k * n)))
     # rows 0..K-1 average over n at each k, rows K..K+N-1 average over k for each n
     rows = torch.arange(k * n)
     means = torch.cat([(rows[None] // n == torch.arange(k)[:, None]) / n,
                        (rows[None] % n == torch.arange(n)[:, None]) / k]).to(torch.float64)
+    d_buf, sq_buf = torch.empty(2, k * n * step, dtype=torch.float64)
     sums = torch.zeros(5, dtype=torch.float64)  # Σ Var_k, Σ Var_n, the same two inside, Σ η²
     varying = 0
     for start in range(0, units, step):
-        d = flat[:, :, start:start + step].reshape(k * n, -1).to(torch.float64, copy=True)  # never y itself
-        shift = d[0].clone()
-        d -= shift
-        m1, m2 = means @ d, means @ d.square_()                                  # (K+N, u) first, second moments
-        per_k, per_n = m1[:k], m1[k:]
-        within = (m2[:k] - per_k.square()).clamp_min(0)                           # Var_n at each k, (K, u)
-        over_time = (m2[k:] - per_n.square()).clamp_min(0).sum(dim=0)           # Σ_n Var_k, (u,)
-        over_samples = within.sum(dim=0)                                           # Σ_k Var_n, (u,)
-        centre = per_k.mean(dim=0)
-        between = (per_k.square().mean(dim=0) - centre.square()).clamp_min(0)   # Var_k of the mean over n
-        total = between + within.mean(dim=0)
+        width = min(step, units - start)
+        d = d_buf[:k * n * width].view(k, n, width)
+        torch.sub(flat[:, :, start:start + width], flat[0, 0, start:start + width], out=d)
+        d = d.view(k * n, width)
+        m1, m2 = means @ d, means @ torch.mul(d, d, out=sq_buf[:k * n * width].view(k * n, width))
+        var_rows = m2.sub_(m1 * m1).clamp_min_(0)                      # Var_n at each k; Var_k for each n
+        over_time, over_samples = var_rows[k:].sum(dim=0), var_rows[:k].sum(dim=0)
         sums[0] += over_time.sum()
         sums[1] += over_samples.sum()
         if inner is not None:
-            keep = inner[start:start + step]
-            sums[2] += over_time[keep].sum()
-            sums[3] += over_samples[keep].sum()
+            keep = inner[start:start + width].to(torch.float64)
+            sums[2] += keep @ over_time
+            sums[3] += keep @ over_samples
+        if not share:
+            continue
+        per_k = m1[:k]
+        centre = per_k.mean(dim=0)
+        between = ((per_k * per_k).mean(dim=0) - centre * centre).clamp_min_(0)  # Var_k of the mean over n
+        total = between + over_samples / k
         # a unit varies when its variance is above the rounding level of its values in the captured dtype
-        varies = total > eps2 * (total + (centre + shift).square()) + torch.finfo(torch.float64).tiny
-        sums[4] += (between[varies] / total[varies]).sum()
+        level = centre + flat[0, 0, start:start + width].to(torch.float64)
+        varies = total > eps2 * (total + level * level) + torch.finfo(torch.float64).tiny
+        sums[4] += torch.where(varies, between / total, 0.0).sum()
         varying += int(varies.sum())
-    share = float(sums[4]) / varying if varying else math.nan
-    inside = _ratio(float(sums[2]) / n, float(sums[3]) / k) if inner is not None else math.nan
-    return Summary(snr=_ratio(float(sums[0]) / n, float(sums[1]) / k), time_share=share, interior_snr=inside)
+    eta2 = float(sums[4]) / varying if varying else math.nan
+    t, v, t_in, v_in = (float(x) for x in sums[:4])
+    inside = _ratio(t_in / n, v_in / k) if inner is not None else math.nan
+    return Summary(snr=_ratio(t / n, v / k), time_share=eta2, interior_snr=inside)
 
 
 def _ratio(over_time: float, over_samples: float) -> float:
