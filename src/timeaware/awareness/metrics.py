@@ -41,76 +41,79 @@ class Summary:
     interior_snr: float = math.nan
 
 
-def interior_mask(shape: tuple[int, ...]) -> torch.Tensor | None:
-    """Units of a (C, H, W) map at least one pixel from the border; None for other shapes or maps under 3×3.
-
-    Zero padding gives border pixels a partial kernel sum, so a per-channel offset leaks t there
-    (the edge effect); the interior shows what the normalization itself did.
-    """
-    if len(shape) != 3 or shape[1] < 3 or shape[2] < 3:
-        return None
-    mask = torch.zeros(shape, dtype=torch.bool)
-    mask[:, 1:-1, 1:-1] = True
-    return mask.reshape(-1)
-
-
 def summarize(y: torch.Tensor, share: bool = True, chunk_elements: int = 1 << 18) -> Summary:
     """SNR, interior SNR and η² of ``y`` (K, N, ...) in float64, a cache-sized chunk of units at a time.
 
-    All three are per-unit moments summed over units, so chunking the units is exact. Speed matters
-    (the audit's budget is 10% of the model's forward passes; ``Tensor.square`` and ``Tensor.var`` are
-several times slower than products and sums here), so each chunk is read three times:
-    the shift by its first sample Y[0, 0] written straight into a reused float64 buffer (the shift
-    keeps E[d²] - E[d]² free of cancellation; for float32 data it is computed in float32, exact to
-    the data's own rounding), its square, and one small matrix product each that averages over n
-    (per k) and over k (per n). The total variance per unit follows the law of total variance:
-    Var_{k,n} = Var_k(mean_n Y) + mean_k Var_n(Y). ``share=False`` skips η² (NaN), which the audit needs
-    only for layer outputs.
+    Speed matters (the audit's budget is 10% of the model's forward passes), so the SNRs use pooled
+    sums instead of per-unit variances:
+
+        Σ_{n,u} Var_k Y = Σ d² / K - Σ_{n,u} (mean_k d)²,   Σ_{k,u} Var_n Y = Σ d² / N - Σ_{k,u} (mean_n d)²
+
+    with d = Y - Y[0, 0] (a per-unit shift that keeps the differences free of cancellation; for
+    float32 data it is taken in float32, exact to the data's own rounding) written straight into a
+    reused float64 buffer, one small matrix product for the means over n (per k) and over k (per n),
+    and dot products for the sums of squares. For a (C, H, W) map of at least 3×3, chunks hold whole
+    channels, and the interior SNR subtracts the same sums over the 1-pixel border, where zero padding
+    leaks t (the edge effect). η² needs per-unit variances; ``share=False`` skips it (NaN), as the
+    audit does for layer inputs.
     """
     if y.ndim < 2 or y.shape[0] < 2 or y.shape[1] < 2:
         raise ValueError(f"captured tensor has shape {tuple(y.shape)}; allowed: (K, N, ...) with K, N >= 2")
     k, n = y.shape[:2]
     flat = y.reshape(k, n, -1)
     units = flat.shape[2]
-    inner = interior_mask(tuple(y.shape[2:]))
+    plane = tuple(y.shape[3:]) if y.ndim == 5 and min(y.shape[3:]) >= 3 else None
+    size = plane[0] * plane[1] if plane else 1
+    step = min(units, max(1, chunk_elements // (k * n * size)) * size)
     eps2 = torch.finfo(y.dtype).eps ** 2 if y.dtype.is_floating_point else 0.0
-    step = min(units, max(1, chunk_elements // (k * n)))
     # rows 0..K-1 average over n at each k, rows K..K+N-1 average over k for each n
     rows = torch.arange(k * n)
-    means = torch.cat([(rows[None] // n == torch.arange(k)[:, None]) / n,
-                       (rows[None] % n == torch.arange(n)[:, None]) / k]).to(torch.float64)
-    d_buf, sq_buf = torch.empty(2, k * n * step, dtype=torch.float64)
-    sums = torch.zeros(5, dtype=torch.float64)  # Σ Var_k, Σ Var_n, the same two inside, Σ η²
-    varying = 0
+    means = torch.cat([(rows[None] // n == torch.arange(k)[:, None]).to(torch.float64) / n,
+                       (rows[None] % n == torch.arange(n)[:, None]).to(torch.float64) / k])
+    d_buf = torch.empty(k * n * step, dtype=torch.float64)
+    sq_buf = torch.empty_like(d_buf) if share else d_buf
+    acc = torch.zeros(6, dtype=torch.float64)  # Σd², Σ(mean_n d)², Σ(mean_k d)², then the same on the border
+    share_sum, varying = 0.0, 0
     for start in range(0, units, step):
         width = min(step, units - start)
-        d = d_buf[:k * n * width].view(k, n, width)
-        torch.sub(flat[:, :, start:start + width], flat[0, 0, start:start + width], out=d)
-        d = d.view(k * n, width)
-        m1, m2 = means @ d, means @ torch.mul(d, d, out=sq_buf[:k * n * width].view(k * n, width))
-        var_rows = m2.sub_(m1 * m1).clamp_min_(0)                      # Var_n at each k; Var_k for each n
-        over_time, over_samples = var_rows[k:].sum(dim=0), var_rows[:k].sum(dim=0)
-        sums[0] += over_time.sum()
-        sums[1] += over_samples.sum()
-        if inner is not None:
-            keep = inner[start:start + width].to(torch.float64)
-            sums[2] += keep @ over_time
-            sums[3] += keep @ over_samples
-        if not share:
-            continue
-        per_k = m1[:k]
-        centre = per_k.mean(dim=0)
-        between = ((per_k * per_k).mean(dim=0) - centre * centre).clamp_min_(0)  # Var_k of the mean over n
-        total = between + over_samples / k
-        # a unit varies when its variance is above the rounding level of its values in the captured dtype
-        level = centre + flat[0, 0, start:start + width].to(torch.float64)
-        varies = total > eps2 * (total + level * level) + torch.finfo(torch.float64).tiny
-        sums[4] += torch.where(varies, between / total, 0.0).sum()
-        varying += int(varies.sum())
-    eta2 = float(sums[4]) / varying if varying else math.nan
-    t, v, t_in, v_in = (float(x) for x in sums[:4])
-    inside = _ratio(t_in / n, v_in / k) if inner is not None else math.nan
-    return Summary(snr=_ratio(t / n, v / k), time_share=eta2, interior_snr=inside)
+        first = flat[0, 0, start:start + width]
+        torch.sub(flat[:, :, start:start + width], first, out=d_buf[:k * n * width].view(k, n, width))
+        d = d_buf[:k * n * width].view(k * n, width)
+        m1 = means @ d                                                    # (K + N, width)
+        acc[0] += torch.dot(d.view(-1), d.view(-1))
+        acc[1] += torch.dot(m1[:k].reshape(-1), m1[:k].reshape(-1))
+        acc[2] += torch.dot(m1[k:].reshape(-1), m1[k:].reshape(-1))
+        if plane:
+            acc[3] += _ring_squares(d.view(k * n, -1, *plane))
+            acc[4] += _ring_squares(m1[:k].view(k, -1, *plane))
+            acc[5] += _ring_squares(m1[k:].view(n, -1, *plane))
+        if share:
+            per_k = m1[:k]
+            centre = per_k.mean(dim=0)
+            between = ((per_k * per_k).mean(dim=0) - centre * centre).clamp_min_(0)  # Var_k of the mean over n
+            squares = torch.mul(d, d, out=sq_buf[:k * n * width].view(k * n, width))
+            total = (squares.mean(dim=0) - centre * centre).clamp_min_(0)            # Var_{k,n}
+            # a unit varies when its variance is above the rounding level of its values in the captured dtype
+            level = centre + first.to(torch.float64)
+            varies = total > eps2 * (total + level * level) + torch.finfo(torch.float64).tiny
+            share_sum += float(torch.where(varies, between / total, 0.0).sum())
+            varying += int(varies.sum())
+    sq, sq_k, sq_n, b_sq, b_k, b_n = (float(v) for v in acc)
+    eta2 = share_sum / varying if varying else math.nan
+    inside = _snr(sq - b_sq, sq_k - b_k, sq_n - b_n, k, n) if plane else math.nan
+    return Summary(snr=_snr(sq, sq_k, sq_n, k, n), time_share=eta2, interior_snr=inside)
+
+
+def _ring_squares(x: torch.Tensor) -> torch.Tensor:
+    """Sum of squares over the 1-pixel border of (..., H, W): top and bottom rows, then the side columns."""
+    edges = (x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1])
+    return sum((e * e).sum() for e in edges)  # type: ignore[return-value]
+
+
+def _snr(sq: float, sq_k: float, sq_n: float, k: int, n: int) -> float:
+    """Pooled time variance over pooled sample variance; rounding can leave -1e-17 where 0 is meant."""
+    over_time, over_samples = max(0.0, sq / k - sq_n), max(0.0, sq / n - sq_k)
+    return _ratio(over_time / n, over_samples / k)
 
 
 def _ratio(over_time: float, over_samples: float) -> float:
