@@ -62,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ValueError(f"--plot {args.plot!r} is not allowed; give a file name ending in .png")
     builtin = args.model in BUILTINS
-    torch.manual_seed(args.seed)
-    model = _builtin(args.model, args.pairs, args.input_shape) if builtin else _imported(args.model, args.pairs)
+    target = None if builtin else _parse_path(args.model)
     shape = _ints("--input-shape", args.input_shape) if args.input_shape else NODE_SHAPE if builtin else None
     if shape is None:
         raise ValueError(f"--input-shape is needed for {args.model!r}: the shape C,H,W of one input, e.g. 3,32,32")
+    torch.manual_seed(args.seed)
+    model = _builtin(args.model, args.pairs, shape) if target is None else _imported(*target, args.pairs)
     x = torch.randn(args.samples, *shape)
     timesteps = _timesteps(args.t_range or ("0.0,1.0" if builtin else "0,999"), args.timesteps)
     mode = args.mode or ("train" if builtin else "eval")
@@ -90,21 +91,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _builtin(name: str, pairs: list[str], input_shape: str | None) -> nn.Module:
+def _builtin(name: str, pairs: list[str], shape: tuple[int, ...]) -> nn.Module:
     from ..config import TimeAware
     from ..node import ODEFunc
 
-    config = TimeAware.from_strings(pairs)
-    channels, h, w = _ints("--input-shape", input_shape) if input_shape else NODE_SHAPE
-    return ODEFunc(channels, config, time="concat" if name == "node-func" else "mlp", size=(h, w))
+    channels, h, w = shape
+    return ODEFunc(channels, TimeAware.from_strings(pairs), time="concat" if name == "node-func" else "mlp",
+                   size=(h, w))
 
 
-def _imported(path: str, pairs: list[str]) -> nn.Module:
-    """``package.module:factory`` called with the ``--set`` pairs as keyword strings."""
+def _parse_path(path: str) -> tuple[str, str]:
+    """(module, factory) of ``package.module:factory``; a one-line error for anything else."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr.isidentifier():
         raise ValueError(f"MODEL {path!r} is not allowed; choose one of {', '.join(BUILTINS)} or an import path "
                          "package.module:factory")
+    return module_name, attr
+
+
+def _imported(module_name: str, attr: str, pairs: list[str]) -> nn.Module:
+    """The factory called with the ``--set`` pairs as keyword strings."""
+    path = f"{module_name}:{attr}"
     kwargs = {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
