@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-# Verdict thresholds on survival S, chosen from measurements (docs/audit.md, "Thresholds").
+# Verdict thresholds on survival S, chosen from measurements (docs/audit.md, "Verdicts and their thresholds").
 VANISHED_BELOW = 0.1
 ALIVE_FROM = 0.5
-VERDICTS = ("alive", "weak", "vanished", "no time")
 
 
 def noise_floor(dtype: torch.dtype) -> float:
