@@ -148,7 +148,7 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.probe(x + 3.0 * t.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)))
+        return self.probe(input=x + 3.0 * t.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)))  # hooked via kwargs
 
 
 def test_derivative_costs_one_extra_pass_and_is_exact_for_a_linear_model() -> None:
@@ -167,7 +167,9 @@ def test_integer_timesteps_skip_the_derivative() -> None:
 
 def test_mixed_batching_regroups_pairs_and_chunking_changes_nothing() -> None:
     shared = audit(Linear(), _x(), T, layers=["probe"]).to_dict()
-    for kwargs in ({"batching": "mixed"}, {"chunk_size": 3}, {"batching": "mixed", "chunk_size": 5}):
+    as_tuple = lambda m, x, t: (m(x, t), "extra")  # noqa: E731  a callable call; tuple outputs are unwrapped
+    for kwargs in ({"batching": "mixed"}, {"chunk_size": 3}, {"batching": "mixed", "chunk_size": 5},
+                   {"call": as_tuple}):
         other = audit(Linear(), _x(), T, layers=["probe"], **kwargs).to_dict()
         for key in ("survival", "time_share", "snr_in", "snr_out"):
             assert other["layers"][0][key] == pytest.approx(shared["layers"][0][key], rel=1e-12)

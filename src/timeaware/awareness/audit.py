@@ -66,7 +66,7 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     capture = _Capture(k, n)
     flags = {m: m.training for m in model.modules()}
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    handles = [module.register_forward_hook(capture.hook(name)) for name, module in targets]
+    handles = [module.register_forward_hook(capture.hook(name), with_kwargs=True) for name, module in targets]
     device = _device(model, x)
     try:
         if mode != "keep":
@@ -111,8 +111,9 @@ class _Capture:
         self.calls = {}
 
     def hook(self, name: str) -> Callable[..., None]:
-        def fn(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            if self.where is None or not inputs or not isinstance(inputs[0], torch.Tensor):
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            inp = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+            if self.where is None or inp is None:
                 return
             count = self.calls.get(name, 0)
             self.calls[name] = count + 1
@@ -120,9 +121,9 @@ class _Capture:
             if not isinstance(output, torch.Tensor):
                 return
             if key not in self.sites:
-                self.sites[key] = (self._empty(inputs[0]), self._empty(output))
+                self.sites[key] = (self._empty(inp), self._empty(output))
                 self.order.append(key)
-            for buf, value in zip(self.sites[key], (inputs[0], output)):
+            for buf, value in zip(self.sites[key], (inp, output)):
                 self.store(buf, value, key)
         return fn
 
