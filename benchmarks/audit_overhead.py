@@ -5,7 +5,7 @@ diffusers' UNet2DModel in the DDPM CIFAR-10 configuration (35.7M parameters, 32x
 built offline from its config. Float timesteps are used for both, so the audit makes K passes plus
 one for the time derivative, the same K+1 as the anchor. Each time is the best of ``--repeats`` runs.
 
-    PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--timesteps 3] [--repeats 2] [--threads 1]
+    PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--timesteps 3] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--timesteps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU, spinning intra-op threads swamp the timings)")
     args = parser.parse_args()
