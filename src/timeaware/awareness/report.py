@@ -82,7 +82,11 @@ class AuditReport:
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Bar chart of survival per layer (log scale, thresholds drawn), written atomically as ``path``."""
+        """Bar chart of the survival each verdict reads (interior where defined), written atomically as ``path``.
+
+        Bars are coloured by verdict with the thresholds drawn; a black tick marks the whole-map
+        survival where it differs (the zero-padding border leak); "no time" layers get a label.
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -92,19 +96,30 @@ class AuditReport:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"cannot write plot {str(path)!r}: folder {str(path.parent)!r} does not exist")
         colors = {"alive": "tab:green", "weak": "tab:orange", "vanished": "tab:red", "no time": "tab:gray"}
-        shown = [a for a in self.layers if math.isfinite(a.survival)]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(self.layers) + 2), 3.6))
+        read = [a.survival if math.isnan(a.interior_survival) else a.interior_survival for a in self.layers]
+        finite = [v for v in [*read, *(a.survival for a in self.layers)] if math.isfinite(v) and v > 0]
+        floor = min([VANISHED_BELOW / 10, *finite]) / 2
+        x = range(len(self.layers))
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(self.layers) + 2.5), 4.0))
         try:
-            names = [a.name for a in self.layers]
-            floor = min([1e-6, *(a.survival for a in shown if a.survival > 0)])
-            ax.bar(names, [max(a.survival, floor) if math.isfinite(a.survival) else 0.0 for a in self.layers],
+            ax.bar(x, [max(v, floor) if math.isfinite(v) else 0.0 for v in read], bottom=0,
                    color=[colors.get(a.verdict, "tab:blue") for a in self.layers])
+            whole = [(i, a.survival) for i, a in enumerate(self.layers)
+                     if math.isfinite(a.survival) and not math.isnan(a.interior_survival)]
+            ax.scatter([i for i, _ in whole], [max(v, floor) for _, v in whole], marker="_", s=200, color="black",
+                       label="whole map (with border)", zorder=3)
+            for i, a in enumerate(self.layers):
+                if a.verdict == "no time":
+                    ax.text(i, floor * 1.2, "no time", ha="center", va="bottom", rotation=90, fontsize=7)
             ax.set_yscale("log")
+            ax.set_ylim(floor, max([1.5, *(1.5 * v for v in finite)]))
             ax.axhline(VANISHED_BELOW, color="tab:red", ls="--", lw=0.8)
             ax.axhline(ALIVE_FROM, color="tab:green", ls="--", lw=0.8)
-            ax.set_ylabel("survival S = SNR out / SNR in")
-            ax.set_title(f"time survival per layer ({self.settings.get('batching')} t, {self.settings.get('mode')})")
-            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+            ax.set_xticks(list(x), [a.name for a in self.layers], rotation=90, fontsize=7)
+            ax.set_ylabel("survival S (interior)")
+            ax.set_title(f"t survival, {self.settings.get('batching')} t, {self.settings.get('mode')}", fontsize=10)
+            if whole:
+                ax.legend(fontsize=7, loc="lower right")
             fig.tight_layout()
             fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
             os.close(fd)
