@@ -1,0 +1,88 @@
+"""Audit overhead: the audit's wall time against the K+1 plain forward passes it makes (goal: ratio <= 1.10).
+
+Anchors measured in the same run: the paper's NODE function (C=64, 8x8, BatchNorm, train mode) and
+diffusers' UNet2DModel in the DDPM CIFAR-10 configuration (35.7M parameters, 32x32, eval mode),
+built offline from its config. Float timesteps are used for both, so the audit makes K passes plus
+one for the time derivative, the same K+1 as the anchor. Each time is the best of ``--repeats`` runs.
+
+    PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--timesteps 3] [--repeats 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from timeaware import TimeAware
+from timeaware.awareness import audit
+from timeaware.node import ODEFunc
+
+
+def ddpm_cifar10_unet() -> nn.Module:
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+                       layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                                             "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1,
+                       norm_num_groups=32)
+
+
+def best_of(repeats: int, *fns: Callable[[], object]) -> list[float]:
+    """Best wall time of each function, run interleaved so that load from other processes hits both alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [min(spent) for spent in times]
+
+
+def plain_passes(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, call: str) -> None:
+    """What the audit runs, without hooks: one shared-t call per timestep plus one at t_mid + h."""
+    with torch.no_grad():
+        for t in [*timesteps, timesteps[len(timesteps) // 2] + 1e-3]:
+            if call == "tx":
+                model(t, x)
+            else:
+                model(x, t.expand(x.shape[0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--timesteps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared CPU, spinning intra-op threads swamp the timings)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    k, n = args.timesteps, args.samples
+    cases = [
+        ("NODE func (BN, 64x8x8)", ODEFunc(64, TimeAware(norm="batch")), (64, 8, 8), "tx", "train",
+         torch.linspace(0.0, 1.0, k)),
+        ("UNet2DModel DDPM CIFAR-10", ddpm_cifar10_unet(), (3, 32, 32), "xt", "eval",
+         torch.linspace(0.0, 999.0, k)),
+    ]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={n}, best of {args.repeats}")
+    head = f"{'model':28} {'params':>11} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
+    print(head)
+    print("-" * len(head))
+    for name, model, shape, call, mode, timesteps in cases:
+        model.train(mode == "train")
+        x = torch.randn(n, *shape)
+        plain_passes(model, x, timesteps, call)  # warm-up
+        plain, audited = best_of(args.repeats, lambda m=model, x=x, ts=timesteps, c=call: plain_passes(m, x, ts, c),
+                                 lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(m, x, ts, call=c, mode=md))
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{name:28} {params:>11,} {k:>3} {plain:>15.3f} {audited:>10.3f} {audited / plain:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
