@@ -1,0 +1,228 @@
+"""The audit's maths: cancellation where the paper says it is exact, survival where it says it is not."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from timeaware import ConcatConv2d, LinearTimeMap, TimeAware, TimeConv2d
+from timeaware.awareness import AuditReport, audit
+from timeaware.awareness.metrics import snr, summarize, time_share, verdict
+from timeaware.embeddings import as_time
+
+C, H, N, K = 8, 6, 8, 6
+T = torch.linspace(0.0, 1.0, K, dtype=torch.float64)
+
+
+class OffsetThenNorm(nn.Module):
+    """conv(x) + e(t), then a norm: the paper's Conv–Emb–N without an edge effect, called as model(x, t)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.conv = TimeConv2d(C, C, 3, config=TimeAware(), offset="linear")
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x, t))
+
+
+class ConcatThenNorm(nn.Module):
+    """torchdiffeq's ConcatConv2d [+ the positional map t·P], then a norm, called as model(t, x)."""
+
+    def __init__(self, norm: nn.Module, padding_mode: str = "zeros", positional: bool = False) -> None:
+        super().__init__()
+        self.conv = ConcatConv2d(C, C, 3, 1, 1, padding_mode=padding_mode)
+        self.map = LinearTimeMap((H, H)) if positional else None
+        self.norm = norm
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(t, x)
+        return self.norm(y if self.map is None else y + self.map(as_time(t, x.shape[0], x)))
+
+
+def _x(size: int = H, n: int = N) -> torch.Tensor:
+    return torch.randn(n, C, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def _survival(model: nn.Module, call: str = "xt", mode: str = "train", batching: str = "shared",
+              size: int = H) -> float:
+    torch.manual_seed(0)
+    report = audit(model.double(), _x(size), T, call=call, mode=mode, batching=batching)
+    (layer,) = [a for a in report.layers if a.name == "norm"]
+    return layer.survival
+
+
+EXACT_NORMS = {"batch": lambda: nn.BatchNorm2d(C), "instance": lambda: nn.InstanceNorm2d(C, affine=True),
+               "group G=C": lambda: nn.GroupNorm(C, C)}
+
+
+@pytest.mark.parametrize("norm", EXACT_NORMS)
+def test_channelwise_norm_cancels_a_per_channel_offset(norm: str) -> None:
+    torch.manual_seed(0)
+    assert _survival(OffsetThenNorm(EXACT_NORMS[norm]())) < 1e-6
+    assert _survival(ConcatThenNorm(EXACT_NORMS[norm](), padding_mode="circular"), call="tx") < 1e-6
+
+
+def test_zero_padding_leaks_part_of_t_at_the_border() -> None:
+    torch.manual_seed(0)
+    report = audit(ConcatThenNorm(nn.BatchNorm2d(C)).double(), _x(8), T, call="tx", mode="train")
+    norm = report.layers[0]
+    assert 0 < norm.survival < 0.5
+    assert norm.interior_survival < norm.survival  # the leak sits on the border ring
+    assert norm.verdict == "vanished"
+
+
+def test_groupnorm_survival_rises_as_groups_fall() -> None:
+    values = []
+    for groups in (C, C // 2, C // 4, 1):
+        torch.manual_seed(0)
+        values.append(_survival(ConcatThenNorm(nn.GroupNorm(groups, C), padding_mode="circular"), call="tx"))
+    assert values[0] < 1e-6
+    assert all(a < b for a, b in itertools.pairwise(values)), values
+
+
+def test_layernorm_over_chw_matches_groupnorm_with_one_group() -> None:
+    torch.manual_seed(0)
+    model = OffsetThenNorm(nn.GroupNorm(1, C))
+    as_group = _survival(model)
+    model.norm = nn.LayerNorm([C, H, H])
+    assert _survival(model) == pytest.approx(as_group, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_positional_embedding_restores_survival(norm: str) -> None:
+    torch.manual_seed(0)
+    model = ConcatThenNorm(EXACT_NORMS[norm](), padding_mode="circular", positional=True)
+    assert _survival(model, call="tx") > 0.1
+
+
+def test_batchnorm_eval_keeps_the_offset_and_mixed_batches_keep_much_of_it() -> None:
+    torch.manual_seed(0)
+    model = OffsetThenNorm(nn.BatchNorm2d(C))
+    assert _survival(model, mode="eval") == pytest.approx(1.0, abs=1e-9)  # a per-channel affine map
+    assert _survival(model, mode="train", batching="mixed") > 0.5  # the batch mean averages over many t
+    assert _survival(model, mode="train", batching="shared") < 1e-6
+
+
+def test_audit_leaves_model_state_untouched() -> None:
+    torch.manual_seed(0)
+    model = OffsetThenNorm(nn.BatchNorm2d(C)).double().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    audit(model, _x(), T, mode="train", batching="mixed")
+    assert not model.training and not model.norm.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert not model.norm._forward_hooks
+
+
+def test_hooks_removed_and_state_restored_on_error() -> None:
+    class Boom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.BatchNorm2d(C)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self.norm(x)
+            raise RuntimeError("boom")
+
+    model = Boom().eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        audit(model, _x().float(), T, mode="train")
+    assert not model.training and not model.norm._forward_hooks
+    assert torch.equal(model.norm.running_mean, torch.zeros(C))
+
+
+class Linear(nn.Module):
+    """out = x + 3·t with a hooked identity: everything in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.probe = nn.Identity()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.probe(x + 3.0 * t.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)))
+
+
+def test_derivative_costs_one_extra_pass_and_is_exact_for_a_linear_model() -> None:
+    model = Linear()
+    report = audit(model, _x(), T, layers=["probe"])
+    assert model.calls == K + 1
+    assert report.output_dt == pytest.approx(3.0, rel=1e-6)
+    assert report.layers[0].name == "probe" and report.layers[0].verdict == "alive"
+
+
+def test_integer_timesteps_skip_the_derivative() -> None:
+    model = Linear()
+    report = audit(model, _x(), [0, 10, 500, 999])
+    assert report.output_dt is None and model.calls == 4
+
+
+def test_mixed_batching_regroups_pairs_and_chunking_changes_nothing() -> None:
+    shared = audit(Linear(), _x(), T, layers=["probe"]).to_dict()
+    for kwargs in ({"batching": "mixed"}, {"chunk_size": 3}, {"batching": "mixed", "chunk_size": 5}):
+        other = audit(Linear(), _x(), T, layers=["probe"], **kwargs).to_dict()
+        for key in ("survival", "time_share", "snr_in", "snr_out"):
+            assert other["layers"][0][key] == pytest.approx(shared["layers"][0][key], rel=1e-12)
+
+
+def test_time_share_and_snr_in_closed_form() -> None:
+    k = torch.arange(4, dtype=torch.float64)[:, None, None]
+    n = torch.arange(5, dtype=torch.float64)[None, :, None]
+    only_time, only_sample = k.expand(4, 5, 7), n.expand(4, 5, 7)
+    assert time_share(only_time) == 1.0 and time_share(only_sample) == 0.0
+    y = 2 * k + n  # Var_k = 4·1.25 = 5, Var_n = 2 for every unit
+    assert snr(y.expand(4, 5, 7)) == pytest.approx(5.0 / 2.0)
+    assert time_share(y.expand(4, 5, 7)) == pytest.approx(5.0 / 7.0)
+    big = torch.randn(3, 4, 2, 5, 5, dtype=torch.float64)
+    chunked, whole = summarize(big, chunk_elements=7), summarize(big)
+    for key in ("snr", "time_share", "interior_snr"):
+        assert getattr(chunked, key) == pytest.approx(getattr(whole, key), rel=1e-12)
+
+
+def test_report_formats() -> None:
+    report = audit(ConcatThenNorm(nn.BatchNorm2d(C)).double(), _x(), T, call="tx", mode="train")
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert {"name", "type", "survival", "time_share", "verdict"} <= set(data["layers"][0])
+    assert data["summary"]["batching"] == "shared" and data["summary"]["mode"] == "train"
+    text = str(report)
+    assert "norm" in text and text.splitlines()[-1].startswith("1 layers")
+    assert isinstance(report, AuditReport)
+
+
+def test_plot_is_written_atomically(tmp_path: object) -> None:
+    report = audit(OffsetThenNorm(nn.GroupNorm(2, C)).double(), _x(), T)
+    path = report.plot(tmp_path / "s.png")  # type: ignore[operator]
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in path.parent.iterdir()] == ["s.png"]
+
+
+def test_verdict_thresholds() -> None:
+    assert verdict(math.nan) == "no time"
+    assert [verdict(s) for s in (1e-9, 0.09, 0.1, 0.49, 0.5, 3.0)] == [
+        "vanished", "vanished", "weak", "weak", "alive", "alive"]
+    assert verdict(0.3, interior=0.01) == "vanished"  # a border-only leak
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"call": "yx"}, "call='yx' is not allowed"),
+    ({"batching": "random"}, "batching='random'"),
+    ({"mode": "test"}, "mode='test'"),
+    ({"timesteps": []}, "K >= 2"),
+    ({"timesteps": [0.0, float("nan")]}, "non-finite"),
+    ({"x": [[1.0, 2.0]]}, "x is a list"),
+    ({"layers": ["nope"]}, "layer 'nope' is not in the model"),
+    ({"chunk_size": 0}, "chunk_size=0"),
+])
+def test_bad_arguments_raise_one_line_value_errors(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"x": _x(), "timesteps": T, **kwargs}
+    with pytest.raises(ValueError, match=message) as err:
+        audit(Linear(), args.pop("x"), args.pop("timesteps"), **args)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
