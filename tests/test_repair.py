@@ -162,3 +162,35 @@ def test_unsupported_models_are_refused_without_change():
 def test_bad_fix_options(kwargs, message, x8):
     with pytest.raises(ValueError, match=message):
         fix(small_unet(), x8, check=False, **kwargs)
+
+
+def test_fix_cli_writes_model_and_report(tmp_path, capsys):
+    from timeaware.cli import main
+    from timeaware.io import read_json
+
+    small_unet().save_pretrained(tmp_path / "unet")
+    code = main(["fix", str(tmp_path / "unet"), "--positional", "mlp", "--groups", "1", "--out", str(tmp_path / "f")])
+    assert code == 0
+    report = read_json(tmp_path / "f" / "report.json")
+    assert report["sites"] and all(s["survival_after"] > s["survival_before"] for s in report["sites"])
+    assert load_fixed(tmp_path / "f") is not None
+    assert "survival before -> after" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["fix", "nowhere/config.json", "--groups", "1", "--out", "o"], "nowhere/config.json: no such file"),
+    (["fix", "torch.nn:Identity", "--groups", "1", "--input-shape", "3,8,8", "--out", "o"], "found no time injection"),
+    (["fix", "tests.test_repair:make_odefunc", "--groups", "1", "--out", "o"], "--input-shape C,H,W is needed"),
+    (["fix", "tests.test_repair:make_odefunc", "--groups", "1", "--input-shape", "8,x", "--out", "o"],
+     "--input-shape '8,x' is not allowed"),
+    (["fix", "no_such_module:f", "--groups", "1", "--out", "o"], "cannot import 'no_such_module:f'"),
+])
+def test_fix_cli_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    from timeaware.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parents[1]))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

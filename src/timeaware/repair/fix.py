@@ -167,11 +167,14 @@ def _sizes(model: nn.Module, targets: list[Target], example: torch.Tensor, times
            call: str | CallFn) -> dict[str, tuple[int, int]]:
     """Each site's output H×W, from one forward pass with hooks."""
     sizes: dict[str, tuple[int, int]] = {}
-    handles = []
-    for target in targets:
-        watched = target.module.conv1 if target.kind == "diffusers-resnet" else target.module
-        handles.append(watched.register_forward_hook(
-            lambda _m, _i, out, name=target.name: sizes.setdefault(name, tuple(out.shape[-2:]))))
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+            sizes.setdefault(name, (int(out.shape[-2]), int(out.shape[-1])))
+        return hook
+
+    handles = [(t.module.conv1 if t.kind == "diffusers-resnet" else t.module).register_forward_hook(record(t.name))
+               for t in targets]
     t = timesteps[len(timesteps) // 2]
     was_training = model.training
     try:
