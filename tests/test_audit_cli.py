@@ -1,0 +1,97 @@
+"""``timeaware audit``: the paper's NODE verdicts, JSON and PNG outputs, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from timeaware import TimeAware, TimeConv2d
+from timeaware.cli import main
+
+SMALL = ["--samples", "4", "--timesteps", "3"]
+
+
+class Tiny(nn.Module):
+    """A factory target for import paths: TimeConv2d (per-channel offset) then InstanceNorm, model(x, t)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = TimeConv2d(channels, channels, config=TimeAware(), offset="linear")
+        self.norm = nn.InstanceNorm2d(channels)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x, t))
+
+
+def tiny(channels: str = "4") -> nn.Module:
+    return Tiny(int(channels))
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main(["audit", *argv, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # exactly one JSON object
+    return json.loads(out)
+
+
+def test_node_func_batchnorm_vanishes_and_positional_map_keeps_it_alive(capsys: pytest.CaptureFixture[str]) -> None:
+    plain = {a["name"]: a for a in _json(capsys, "node-func", "--set", "norm=batch")["layers"]}
+    assert plain["norm1"]["verdict"] == "no time" and plain["norm1"]["survival"] is None
+    assert plain["norm2"]["verdict"] == "vanished"
+    assert plain["norm2"]["survival"] > plain["norm2"]["interior_survival"]  # the zero-padding border leak
+    fixed = _json(capsys, "node-func", "--set", "norm=batch", "--set", "positional=linear", "--samples", "8")
+    assert [a["verdict"] for a in fixed["layers"]] == ["no time", "alive", "alive"]
+    assert all(s["protected"] for s in fixed["sites"]) and len(fixed["sites"]) == 2
+    for layer in fixed["layers"]:
+        assert {"name", "type", "survival", "time_share", "verdict"} <= set(layer)
+    assert fixed["summary"]["mode"] == "train" and fixed["summary"]["batching"] == "shared"
+
+
+def test_table_and_plot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    plot = tmp_path / "survival.png"
+    assert main(["audit", "node-func-mlp", "--set", "norm=layer", *SMALL, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "static check: 2" in out and "norm2" in out and "3 layers:" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_import_path_gets_set_pairs_as_keyword_strings(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, f"{__name__}:tiny", "--set", "channels=3", "--input-shape", "3,5,5", *SMALL)
+    assert [a["name"] for a in data["layers"]] == ["norm"]
+    assert data["layers"][0]["verdict"] == "vanished" and data["summary"]["call"] == "xt"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["bogus-model"], "MODEL 'bogus-model' is not allowed"),
+    (["node-func", "--set", "norm=bogus"], "norm='bogus' is not allowed"),
+    (["os.path:"], "MODEL 'os.path:' is not allowed"),
+    (["no_such_module_xyz:build", "--input-shape", "3,4,4"], "cannot import 'no_such_module_xyz'"),
+    ([f"{__name__}:tiny"], "--input-shape is needed"),
+    (["node-func", "--timesteps", "1"], "--timesteps 1 is not allowed"),
+    (["node-func", "--plot", "x.jpg"], "--plot 'x.jpg' is not allowed"),
+    (["node-func", "--batching", "random"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    try:
+        code = main(["audit", *argv])
+    except SystemExit as exit_:  # argparse's own errors (bad choices) exit from the parser
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_module_entry_point_reports_bad_model_in_one_line() -> None:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "timeaware", "audit", "nope:"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("timeaware: error:")
