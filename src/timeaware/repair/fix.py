@@ -129,22 +129,28 @@ def apply_fix(model: nn.Module, options: dict[str, Any]) -> nn.Module:
 
 def _apply(model: nn.Module, targets: list[Target], sites: list, sizes: dict[str, tuple[int, int]], form: str | None,
            zero_operand_bias: bool, groups: int | None, preserve: bool) -> list[str]:
+    """Apply the fixes; returns one line per changed site, plus one for the regrouping."""
     changes: list[str] = []
     if groups:
-        changes += regroup(model, groups)
+        regrouped = regroup(model, groups)
+        if regrouped:
+            changes.append(f"{len(regrouped)} GroupNorm layers regrouped to {groups} group(s), affine copied")
     for target, site in zip(targets, sites):
+        done = []
         if zero_operand_bias:
             for conv in target.operand_convs():
                 if conv.bias is not None:
                     nn.init.zeros_(conv.bias)
-            changes.append(f"{target.name}: operand conv biases set to zero")
+            done.append("operand conv biases zeroed")
         if form and not (site.protected or _already_mapped(target)):
             if target.name not in sizes:
                 raise ValueError(f"{target.name}: no feature-map size recorded for the positional map")
             add_positional(model, target, sizes[target.name], form=form, preserve=preserve)
-            kind = "MLP on its time embedding" if target.kind == "diffusers-resnet" else form
-            changes.append(f"{target.name}: positional timestep embedding ({kind}, {sizes[target.name][0]}x"
-                           f"{sizes[target.name][1]}{', zero-initialised' if preserve else ''})")
+            h, w = sizes[target.name]
+            kind = "MLP on the block's time embedding" if target.kind == "diffusers-resnet" else form
+            done.append(f"positional timestep embedding {h}x{w} ({kind}{', starts at 0' if preserve else ''})")
+        if done:
+            changes.append(f"{target.name}: {'; '.join(done)}")
     return changes
 
 

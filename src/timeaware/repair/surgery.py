@@ -114,7 +114,7 @@ def add_positional(model: nn.Module, site: Target, size: tuple[int, int], *, for
 
 
 def regroup(model: nn.Module, groups: int) -> list[str]:
-    """Replace every GroupNorm by one with ``groups`` groups, copying eps and affine parameters."""
+    """Replace every GroupNorm by one with ``groups`` groups, copying eps and affine; returns their names."""
     changed = []
     norms = [(n, m) for n, m in model.named_modules() if type(m) is nn.GroupNorm]
     bad = [f"{n} ({m.num_channels} channels)" for n, m in norms if m.num_channels % groups]
@@ -131,5 +131,5 @@ def regroup(model: nn.Module, groups: int) -> list[str]:
                 new.bias.copy_(norm.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-        changed.append(f"{name}: GroupNorm({norm.num_groups}) -> GroupNorm({groups})")
+        changed.append(name)
     return changed
