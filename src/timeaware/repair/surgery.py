@@ -19,14 +19,12 @@ from ..config import TimeAware
 from ..embeddings import LinearTimeMap, MLPTimeMap, as_time
 from ..layers import ConcatConv2d, TimeConv2d
 
-CONCAT_NAMES = ("ConcatConv2d", "Conv2dTime")
-
 
 @dataclass
-class Site:
-    """A place where time is added per channel before a normalization."""
+class Target:
+    """A time-injection site resolved to the module the surgery changes."""
 
-    name: str  # qualified module name of the injector
+    name: str  # qualified name of the module changed (the resnet block, the TimeConv2d, the ConcatConv)
     kind: str  # "diffusers-resnet" | "timeconv" | "concat"
     module: nn.Module
 
@@ -39,27 +37,25 @@ class Site:
         return [concat_conv(self.module)]
 
 
+def resolve(model: nn.Module, injector: str) -> Target:
+    """The surgery target for an injector name from the static check."""
+    module = model.get_submodule(injector)
+    parent_name = injector.rpartition(".")[0]
+    if injector.endswith("time_emb_proj") and type(model.get_submodule(parent_name)).__name__ == "ResnetBlock2D":
+        return Target(parent_name, "diffusers-resnet", model.get_submodule(parent_name))
+    if isinstance(module, TimeConv2d):
+        return Target(injector, "timeconv", module)
+    if isinstance(module, ConcatConv2d) or type(module).__name__ in ("ConcatConv2d", "Conv2dTime"):
+        return Target(injector, "concat", module)
+    raise ValueError(f"{injector} ({type(module).__name__}) is a time injection fix() does not know how to change")
+
+
 def concat_conv(module: nn.Module) -> nn.Conv2d:
     """The conv inside a ConcatConv-style layer (timeaware ``conv``, torchdiffeq ``_layer``)."""
     conv = getattr(module, "conv", None) or getattr(module, "_layer", None)
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"{type(module).__name__} looks like a ConcatConv but holds no Conv2d as .conv or ._layer")
     return conv
-
-
-def find_sites(model: nn.Module) -> list[Site]:
-    """Every time-injection site this module understands, in registration order."""
-    sites = []
-    for name, module in model.named_modules():
-        cls = type(module).__name__
-        if cls == "ResnetBlock2D" and getattr(module, "time_emb_proj", None) is not None:
-            if module.time_embedding_norm == "default":
-                sites.append(Site(name, "diffusers-resnet", module))
-        elif isinstance(module, TimeConv2d) and module.offset_kind != "none":
-            sites.append(Site(name, "timeconv", module))
-        elif isinstance(module, ConcatConv2d) or cls in CONCAT_NAMES:
-            sites.append(Site(name, "concat", module))
-    return sites
 
 
 class EmbeddingMappedNorm(nn.Module):
@@ -97,7 +93,7 @@ def _stash_temb(module: nn.Module, args: tuple, kwargs: dict) -> None:
     module.norm2._temb = temb
 
 
-def add_positional(model: nn.Module, site: Site, size: tuple[int, int], *, form: str, preserve: bool) -> None:
+def add_positional(model: nn.Module, site: Target, size: tuple[int, int], *, form: str, preserve: bool) -> None:
     """Add a positional timestep embedding at ``site``; with ``preserve`` it starts at 0."""
     config = TimeAware(activation="silu", positional=form)
     if site.kind == "diffusers-resnet":
@@ -118,7 +114,7 @@ def add_positional(model: nn.Module, site: Site, size: tuple[int, int], *, form:
 
 
 def regroup(model: nn.Module, groups: int) -> list[str]:
-    """Replace every GroupNorm by one with ``groups`` groups, copying eps and affine parameters."""
+    """Replace every GroupNorm by one with ``groups`` groups, copying eps and affine; returns their names."""
     changed = []
     norms = [(n, m) for n, m in model.named_modules() if type(m) is nn.GroupNorm]
     bad = [f"{n} ({m.num_channels} channels)" for n, m in norms if m.num_channels % groups]
@@ -135,5 +131,5 @@ def regroup(model: nn.Module, groups: int) -> list[str]:
                 new.bias.copy_(norm.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-        changed.append(f"{name}: GroupNorm({norm.num_groups}) -> GroupNorm({groups})")
+        changed.append(name)
     return changed

@@ -1,0 +1,199 @@
+"""``fix(model, example)``: apply the paper's three fixes to an existing model, with a before/after audit."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..awareness import AuditReport, audit, find_vanishing_sites
+from ..embeddings import sinusoidal_features
+from .surgery import EmbeddingMappedNorm, Target, TimeMapped, add_positional, regroup, resolve
+
+POSITIONAL_FORMS = ("linear", "mlp")
+CallFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
+
+
+@dataclass
+class FixResult:
+    """The fixed model, what changed, and the audit before and after."""
+
+    model: nn.Module
+    changes: list[str]
+    options: dict[str, Any]
+    before: AuditReport | None = None
+    after: AuditReport | None = None
+    sites: list[str] = field(default_factory=list)
+
+    def survival(self) -> list[tuple[str, float, float]]:
+        """(norm after a time injection, survival before, survival after) for each site."""
+        if self.before is None or self.after is None:
+            return []
+        before = {row.name: row.survival for row in self.before.layers}
+        after = {row.name: row.survival for row in self.after.layers}
+        return [(n, before.get(n, float("nan")), after.get(_inner(n, after), float("nan"))) for n in self.sites]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"options": self.options, "changes": self.changes,
+                "sites": [{"norm": n, "survival_before": b, "survival_after": a} for n, b, a in self.survival()],
+                "before": self.before.to_dict() if self.before else None,
+                "after": self.after.to_dict() if self.after else None}
+
+    def __str__(self) -> str:
+        lines = [f"fix: {len(self.changes)} change(s)"] + [f"  {c}" for c in self.changes]
+        rows = self.survival()
+        if rows:
+            width = max(len(n) for n, _, _ in rows)
+            lines.append(f"  {'norm after time injection':<{width}}  survival before -> after")
+            lines += [f"  {n:<{width}}  {b:>15.4f} -> {a:.4f}" for n, b, a in rows]
+        return "\n".join(lines)
+
+
+def _inner(name: str, rows: dict[str, float]) -> str:
+    """A wrapped norm is hooked as ``<name>.norm`` after the fix."""
+    return name if name in rows else f"{name}.norm"
+
+
+def detect_call(model: nn.Module) -> str | CallFn:
+    """How to call a model with (x, t): "tx" for torchdiffeq-style ``forward(t, x)``, "xt" for
+    ``model(x, t)``, and for a block that takes a time embedding (diffusers' ``ResnetBlock2D``) a call
+    that feeds it sinusoidal features of t of the block's embedding size."""
+    proj = getattr(model, "time_emb_proj", None)
+    if isinstance(proj, nn.Linear):
+        dim = proj.in_features
+        return lambda m, x, t: m(x, sinusoidal_features(t.float(), dim).to(x.dtype))
+    params = list(inspect.signature(model.forward).parameters)
+    return "tx" if params and params[0] in ("t", "time", "ts") else "xt"
+
+
+def default_timesteps(model: nn.Module, k: int = 8) -> torch.Tensor:
+    """Integer diffusion steps for diffusers models, t in [0, 1] otherwise."""
+    if type(model).__module__.startswith("diffusers"):
+        steps = int(getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
+        return torch.linspace(0, steps - 1, k).round().long()
+    return torch.linspace(0.0, 1.0, k)
+
+
+def fix(model: nn.Module, example: torch.Tensor, *, positional: bool | str = False, zero_operand_bias: bool = False,
+        groups: int | None = None, preserve_output: bool = True, timesteps: torch.Tensor | None = None,
+        call: str | CallFn | None = None, check: bool = True, inplace: bool = False) -> FixResult:
+    """Apply the paper's fixes to ``model`` where time is added per channel before a normalization.
+
+    positional         True / "mlp" / "linear": add a positional timestep embedding at every unprotected
+                       site (diffusers resnets always use the MLP branch on their time embedding)
+    zero_operand_bias  zero the biases of the operand-branch convs at each site (changes the output)
+    groups             regroup every GroupNorm to this many groups, copying affine parameters
+    preserve_output    start the positional maps at zero so the output is unchanged at the moment of the fix
+    example            an input batch (N, ...) used to find each site's H×W and for the audits
+    check              audit before and after (K timesteps, shared batching, eval mode)
+    Anything ``fix`` does not understand is refused with a ValueError; nothing is changed then.
+    """
+    form = _form(positional)
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0):
+        raise ValueError(f"groups={groups!r} is not allowed; it must be a positive integer")
+    if not (form or zero_operand_bias or groups):
+        raise ValueError("nothing to fix: ask for positional, zero_operand_bias and/or groups")
+    sites = find_vanishing_sites(model)
+    if not sites:
+        raise ValueError(f"fix() found no time injection it understands in {type(model).__name__}; supported: "
+                         "diffusers ResnetBlock2D (time_embedding_norm='default'), timeaware TimeConv2d/ConcatConv2d/"
+                         "ODEFunc, torchdiffeq-style ConcatConv2d/Conv2dTime; nothing was changed")
+    targets = [resolve(model, s.injector) for s in sites]  # raises before any change
+    call = call or detect_call(model)
+    timesteps = default_timesteps(model) if timesteps is None else timesteps
+    before = audit(model, example, timesteps, call=call, mode="eval") if check else None
+    if not inplace:
+        model = copy.deepcopy(model)
+        targets = [resolve(model, s.injector) for s in sites]
+    sizes = _sizes(model, targets, example, timesteps, call)
+    changes = _apply(model, targets, sites, sizes, form, zero_operand_bias, groups, preserve_output)
+    after = audit(model, example, timesteps, call=call, mode="eval") if check else None
+    options = {"positional": form, "zero_operand_bias": zero_operand_bias, "groups": groups,
+               "preserve_output": preserve_output, "sizes": {t.name: list(sizes[t.name]) for t in targets}}
+    return FixResult(model, changes, options, before, after, [s.norm for s in sites])
+
+
+def apply_fix(model: nn.Module, options: dict[str, Any]) -> nn.Module:
+    """Redo the structural part of a recorded fix (to load a saved fixed model); no data needed."""
+    sites = find_vanishing_sites(model)
+    targets = [resolve(model, s.injector) for s in sites]
+    sizes = {k: tuple(v) for k, v in options["sizes"].items()}
+    _apply(model, targets, sites, sizes, options["positional"], False, options["groups"], True)
+    return model
+
+
+def _apply(model: nn.Module, targets: list[Target], sites: list, sizes: dict[str, tuple[int, int]], form: str | None,
+           zero_operand_bias: bool, groups: int | None, preserve: bool) -> list[str]:
+    """Apply the fixes; returns one line per changed site, plus one for the regrouping."""
+    changes: list[str] = []
+    if groups:
+        regrouped = regroup(model, groups)
+        if regrouped:
+            changes.append(f"{len(regrouped)} GroupNorm layers regrouped to {groups} group(s), affine copied")
+    for target, site in zip(targets, sites):
+        done = []
+        if zero_operand_bias:
+            for conv in target.operand_convs():
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
+            done.append("operand conv biases zeroed")
+        if form and not (site.protected or _already_mapped(target)):
+            if target.name not in sizes:
+                raise ValueError(f"{target.name}: no feature-map size recorded for the positional map")
+            add_positional(model, target, sizes[target.name], form=form, preserve=preserve)
+            h, w = sizes[target.name]
+            kind = "MLP on the block's time embedding" if target.kind == "diffusers-resnet" else form
+            done.append(f"positional timestep embedding {h}x{w} ({kind}{', starts at 0' if preserve else ''})")
+        if done:
+            changes.append(f"{target.name}: {'; '.join(done)}")
+    return changes
+
+
+def _already_mapped(target: Target) -> bool:
+    return (isinstance(getattr(target.module, "norm2", None), EmbeddingMappedNorm)
+            or getattr(target.module, "time_map", None) is not None or isinstance(target.module, TimeMapped))
+
+
+def _form(positional: bool | str) -> str | None:
+    if positional is False or positional is None:
+        return None
+    if positional is True:
+        return "linear"
+    if positional not in POSITIONAL_FORMS:
+        raise ValueError(f"positional={positional!r} is not allowed; choose True, False, 'linear' or 'mlp'")
+    return positional
+
+
+def _sizes(model: nn.Module, targets: list[Target], example: torch.Tensor, timesteps: torch.Tensor,
+           call: str | CallFn) -> dict[str, tuple[int, int]]:
+    """Each site's output H×W, from one forward pass with hooks."""
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+            sizes.setdefault(name, (int(out.shape[-2]), int(out.shape[-1])))
+        return hook
+
+    handles = [(t.module.conv1 if t.kind == "diffusers-resnet" else t.module).register_forward_hook(record(t.name))
+               for t in targets]
+    t = timesteps[len(timesteps) // 2]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            if callable(call):
+                call(model, example, t.expand(example.shape[0]))
+            elif call == "tx":
+                model(t.to(example.dtype), example)
+            else:
+                model(example, t.expand(example.shape[0]))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sizes
