@@ -183,7 +183,7 @@ def test_fix_cli_writes_model_and_report(tmp_path, capsys):
     (["fix", "tests.test_repair:make_odefunc", "--groups", "1", "--out", "o"], "--input-shape C,H,W is needed"),
     (["fix", "tests.test_repair:make_odefunc", "--groups", "1", "--input-shape", "8,x", "--out", "o"],
      "--input-shape '8,x' is not allowed"),
-    (["fix", "no_such_module:f", "--groups", "1", "--out", "o"], "cannot import 'no_such_module:f'"),
+    (["fix", "no_such_module:f", "--groups", "1", "--out", "o"], "cannot import 'no_such_module' from MODEL"),
 ])
 def test_fix_cli_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     from timeaware.cli import main
@@ -194,3 +194,26 @@ def test_fix_cli_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_audit_cli_reads_a_diffusers_folder_and_names_its_norms(tmp_path, capsys):
+    import json
+
+    from timeaware.cli import main
+
+    unet = small_unet()
+    unet.save_pretrained(tmp_path / "unet")
+    assert main(["audit", str(tmp_path / "unet"), "--json", "--samples", "4", "--timesteps", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    resnets = {f"{n}.norm2" for n in _norm2_names(unet)}
+    assert {s["norm"] for s in out["sites"]} == resnets
+    assert resnets <= {row["name"] for row in out["layers"]}
+    assert all(row["survival"] is not None for row in out["layers"] if row["name"] in resnets)
+
+
+def test_audit_cli_detects_torchdiffeq_style_calls(capsys):
+    from timeaware.cli import main
+
+    assert main(["audit", "tests.test_repair:make_odefunc", "--input-shape", "8,8,8", "--samples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "conv1 -> norm2 (GroupNorm): exact, 1 ch/unit" in out and "vanished" in out

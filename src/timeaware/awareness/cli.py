@@ -1,28 +1,30 @@
 """Measure how much of the timestep survives each normalization layer of a model (and find risky sites).
 
-MODEL is a built-in name or an import path ``package.module:factory`` whose factory returns an
-nn.Module (``--set key=value`` pairs are then passed to it as keyword strings).
+MODEL is a built-in name, a diffusers folder or config.json (e.g. a UNet2DModel's save_pretrained
+folder; built offline), or an import path ``package.module:factory`` whose factory returns an nn.Module
+(``--set key=value`` pairs are then passed to it as keyword strings).
 
 Built-in models (``--set`` changes their TimeAware fields, e.g. ``--set norm=batch``):
   node-func      the paper's NODE function [N-Act-ConcatConv-N-Act-ConcatConv-N], C=64 on an 8x8 state
   node-func-mlp  the same with an additive MLP timestep embedding (the paper's Table 2 model)
 Their defaults follow an ODE solve during training: every call shares one t (``--batching shared``)
-with the norms in train mode (``--mode train``), t in [0, 1]. Import paths default to
-``--mode eval --batching shared --call xt --t-range 0,999``: diffusion sampling with integer steps.
+with the norms in train mode (``--mode train``), t in [0, 1]. Other models default to ``--mode eval
+--batching shared`` (sampling); the call is detected (``forward(t, x)`` → tx, a block taking a time
+embedding gets sinusoidal features of t, else xt), and t is integer steps 0..T-1 for diffusers models
+and [0, 1] otherwise; the input shape comes from a diffusers sample_size.
 
 examples:
   timeaware audit node-func --set norm=batch
   timeaware audit node-func --set norm=batch --set positional=linear --json
+  timeaware audit path/to/unet_folder --json
   timeaware audit mypkg.models:build_unet --input-shape 3,32,32 --batching mixed --mode train
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from dataclasses import asdict
-from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +34,8 @@ NODE_SHAPE = (64, 8, 8)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help=f"{' | '.join(BUILTINS)} | package.module:factory")
+    parser.add_argument("model", metavar="MODEL", help=f"{' | '.join(BUILTINS)} | diffusers folder or config.json | "
+                        "package.module:factory")
     parser.add_argument("--set", dest="pairs", action="append", default=[], metavar="KEY=VALUE",
                         help="a TimeAware field of a built-in model, or a keyword for an import path's factory")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
@@ -54,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..specs import default_input_shape, default_timesteps, detect_call, load_model, parse_pairs
     from . import audit, find_vanishing_sites
 
     for flag, value in (("--timesteps", args.timesteps), ("--samples", args.samples)):
@@ -62,17 +66,24 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ValueError(f"--plot {args.plot!r} is not allowed; give a file name ending in .png")
     builtin = args.model in BUILTINS
-    target = None if builtin else _parse_path(args.model)
-    shape = _ints("--input-shape", args.input_shape) if args.input_shape else NODE_SHAPE if builtin else None
-    if shape is None:
-        raise ValueError(f"--input-shape is needed for {args.model!r}: the shape C,H,W of one input, e.g. 3,32,32")
+    given = _ints("--input-shape", args.input_shape) if args.input_shape else None
     torch.manual_seed(args.seed)
-    model = _builtin(args.model, args.pairs, shape) if target is None else _imported(*target, args.pairs)
+    if builtin:
+        shape = given or NODE_SHAPE
+        model = _builtin(args.model, args.pairs, shape)
+    else:
+        model, _ = load_model(args.model, parse_pairs(args.pairs))
+        shape = given or default_input_shape(model)
+        if shape is None:
+            raise ValueError(f"--input-shape is needed for {args.model!r}: the shape C,H,W of one input, e.g. 3,32,32")
     x = torch.randn(args.samples, *shape)
-    timesteps = _timesteps(args.t_range or ("0.0,1.0" if builtin else "0,999"), args.timesteps)
+    if args.t_range:
+        timesteps = _timesteps(args.t_range, args.timesteps)
+    else:
+        timesteps = _timesteps("0.0,1.0", args.timesteps) if builtin else default_timesteps(model, args.timesteps)
     mode = args.mode or ("train" if builtin else "eval")
-    report = audit(model, x, timesteps, call=args.call or ("tx" if builtin else "xt"), batching=args.batching,
-                   mode=mode)
+    report = audit(model, x, timesteps, call=args.call or ("tx" if builtin else detect_call(model)),
+                   batching=args.batching, mode=mode)
     sites = find_vanishing_sites(model)
     if args.plot:
         report.plot(args.plot)
@@ -98,40 +109,6 @@ def _builtin(name: str, pairs: list[str], shape: tuple[int, ...]) -> nn.Module:
     channels, h, w = shape
     return ODEFunc(channels, TimeAware.from_strings(pairs), time="concat" if name == "node-func" else "mlp",
                    size=(h, w))
-
-
-def _parse_path(path: str) -> tuple[str, str]:
-    """(module, factory) of ``package.module:factory``; a one-line error for anything else."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr.isidentifier():
-        raise ValueError(f"MODEL {path!r} is not allowed; choose one of {', '.join(BUILTINS)} or an import path "
-                         "package.module:factory")
-    return module_name, attr
-
-
-def _imported(module_name: str, attr: str, pairs: list[str]) -> nn.Module:
-    """The factory called with the ``--set`` pairs as keyword strings."""
-    path = f"{module_name}:{attr}"
-    kwargs = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key.isidentifier():
-            raise ValueError(f"--set {pair!r} is not of the form key=value")
-        kwargs[key] = value
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import {module_name!r} from MODEL {path!r}: {err}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"{module_name!r} has no factory {attr!r}; MODEL must name a callable returning an nn.Module")
-    try:
-        model: Any = factory(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{path} does not accept --set {sorted(kwargs)}: {err}") from None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{path} returned a {type(model).__name__}; allowed: a torch.nn.Module")
-    return model
 
 
 def _ints(flag: str, text: str) -> tuple[int, ...]:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..specs import default_input_shape, load_model, parse_pairs
 from .fix import POSITIONAL_FORMS, fix
-from .persist import load_model, save_fixed
+from .persist import save_fixed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    kwargs = dict(_pair(p) for p in args.set)
-    model, base = load_model(args.model, kwargs)
+    model, base = load_model(args.model, parse_pairs(args.set))
     shape = _shape(args.input_shape, model)
     if args.samples < 2:
         raise ValueError(f"--samples {args.samples} is not allowed; it must be at least 2")
@@ -48,21 +48,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set {text!r} is not of the form key=value")
-    return key, value
-
-
 def _shape(text: str | None, model: torch.nn.Module) -> tuple[int, ...]:
     if text is None:
-        config = getattr(model, "config", None)
-        size = getattr(config, "sample_size", None)
-        if size is None:
+        shape = default_input_shape(model)
+        if shape is None:
             raise ValueError("--input-shape C,H,W is needed for this model (it has no diffusers sample_size)")
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        return (config.in_channels, *size)
+        return shape
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:

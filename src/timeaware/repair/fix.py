@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,11 +11,10 @@ import torch
 from torch import nn
 
 from ..awareness import AuditReport, audit, find_vanishing_sites
-from ..embeddings import sinusoidal_features
+from ..specs import CallFn, default_timesteps, detect_call
 from .surgery import EmbeddingMappedNorm, Target, TimeMapped, add_positional, regroup, resolve
 
 POSITIONAL_FORMS = ("linear", "mlp")
-CallFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 
 
 @dataclass
@@ -57,26 +55,6 @@ class FixResult:
 def _inner(name: str, rows: dict[str, float]) -> str:
     """A wrapped norm is hooked as ``<name>.norm`` after the fix."""
     return name if name in rows else f"{name}.norm"
-
-
-def detect_call(model: nn.Module) -> str | CallFn:
-    """How to call a model with (x, t): "tx" for torchdiffeq-style ``forward(t, x)``, "xt" for
-    ``model(x, t)``, and for a block that takes a time embedding (diffusers' ``ResnetBlock2D``) a call
-    that feeds it sinusoidal features of t of the block's embedding size."""
-    proj = getattr(model, "time_emb_proj", None)
-    if isinstance(proj, nn.Linear):
-        dim = proj.in_features
-        return lambda m, x, t: m(x, sinusoidal_features(t.float(), dim).to(x.dtype))
-    params = list(inspect.signature(model.forward).parameters)
-    return "tx" if params and params[0] in ("t", "time", "ts") else "xt"
-
-
-def default_timesteps(model: nn.Module, k: int = 8) -> torch.Tensor:
-    """Integer diffusion steps for diffusers models, t in [0, 1] otherwise."""
-    if type(model).__module__.startswith("diffusers"):
-        steps = int(getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
-        return torch.linspace(0, steps - 1, k).round().long()
-    return torch.linspace(0.0, 1.0, k)
 
 
 def fix(model: nn.Module, example: torch.Tensor, *, positional: bool | str = False, zero_operand_bias: bool = False,

@@ -1,0 +1,132 @@
+"""Users' own models, from where they keep them, and how to call them with (x, t).
+
+A model *spec* is one of:
+
+* a diffusers folder (``config.json`` with ``_class_name``; weights from ``save_pretrained`` if present)
+  or a diffusers ``config.json`` file: built offline, never downloaded;
+* an import path ``package.module:factory`` whose factory returns an ``nn.Module`` (keyword strings
+  from the CLI's ``--set key=value`` are passed to it).
+
+``load_model`` also returns a JSON *record* from which ``build_base`` rebuilds the same model, so a
+fixed model can be saved as weights plus a recipe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .embeddings import sinusoidal_features
+from .io import load_tensors, read_json
+
+CallFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
+
+
+def is_model_path(spec: str) -> bool:
+    """Whether a spec names a diffusers folder or config file rather than an import path."""
+    return spec.endswith(".json") or Path(spec).is_dir()
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` → ``{"k": "v"}``; a one-line error for anything else."""
+    kwargs = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.isidentifier():
+            raise ValueError(f"--set {pair!r} is not of the form key=value")
+        kwargs[key] = value
+    return kwargs
+
+
+def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a spec names; returns it and the record ``build_base`` rebuilds it from."""
+    if is_model_path(spec):
+        return _diffusers(Path(spec))
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise ValueError(f"MODEL {spec!r} is not allowed; give a diffusers folder or config.json, or an import "
+                         "path package.module:factory")
+    record = {"kind": "factory", "target": spec, "kwargs": dict(kwargs or {})}
+    return build_base(record), record
+
+
+def build_base(record: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from the record ``load_model`` returned."""
+    if record.get("kind") == "diffusers":
+        import diffusers
+
+        cls = getattr(diffusers, str(record.get("class")), None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"diffusers has no model class {record.get('class')!r}")
+        return cls.from_config(record["config"])
+    if record.get("kind") != "factory":
+        raise ValueError(f"unknown model record kind {record.get('kind')!r}; expected diffusers or factory")
+    spec, kwargs = record["target"], record.get("kwargs", {})
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import {module_name!r} from MODEL {spec!r}: {err}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"{module_name!r} has no factory {attr!r}; MODEL must name a callable returning an nn.Module")
+    try:
+        model = factory(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{spec} does not accept --set {sorted(kwargs)}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned a {type(model).__name__}; allowed: a torch.nn.Module")
+    return model
+
+
+def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    config_file = path / "config.json" if path.is_dir() else path
+    config = read_json(config_file)
+    if not isinstance(config, dict) or "_class_name" not in config:
+        raise ValueError(f"{config_file}: not a diffusers config (it has no _class_name)")
+    record = {"kind": "diffusers", "class": config["_class_name"], "config": config}
+    model = build_base(record)
+    weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if weights:
+        try:
+            model.load_state_dict(load_tensors(weights[0]))
+        except RuntimeError as err:
+            raise ValueError(f"{weights[0]}: does not match {config_file} ({str(err).splitlines()[0]})") from None
+    return model, {**record, "config": dict(model.config)}
+
+
+def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """(C, H, W) of one input when the model says it (a diffusers ``sample_size``), else None."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "sample_size", None)
+    if size is None or getattr(config, "in_channels", None) is None:
+        return None
+    return (config.in_channels, *((size, size) if isinstance(size, int) else size))
+
+
+def detect_call(model: nn.Module) -> str | CallFn:
+    """How to call a model with (x, t).
+
+    "tx" for torchdiffeq-style ``forward(t, x)``; "xt" for ``model(x, t)``; for a block that takes a
+    time embedding (diffusers' ``ResnetBlock2D``), a call feeding it sinusoidal features of t.
+    """
+    proj = getattr(model, "time_emb_proj", None)
+    if isinstance(proj, nn.Linear):
+        dim = proj.in_features
+        return lambda m, x, t: m(x, sinusoidal_features(t.float(), dim).to(x.dtype))
+    params = list(inspect.signature(model.forward).parameters)
+    return "tx" if params and params[0] in ("t", "time", "ts") else "xt"
+
+
+def default_timesteps(model: nn.Module, k: int = 8) -> torch.Tensor:
+    """K integer diffusion steps for diffusers models, K values of t in [0, 1] otherwise."""
+    if type(model).__module__.startswith("diffusers"):
+        steps = int(getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
+        return torch.linspace(0, steps - 1, k).round().long()
+    return torch.linspace(0.0, 1.0, k)
