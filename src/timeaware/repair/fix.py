@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..awareness import AuditReport, audit, find_vanishing_sites
+from ..awareness import AuditReport, LayerAudit, audit, find_vanishing_sites
 from ..specs import CallFn, default_timesteps, detect_call
 from .surgery import EmbeddingMappedNorm, Target, TimeMapped, add_positional, regroup, resolve
 
@@ -28,17 +28,19 @@ class FixResult:
     after: AuditReport | None = None
     sites: list[str] = field(default_factory=list)
 
-    def survival(self) -> list[tuple[str, float, float]]:
-        """(norm after a time injection, survival before, survival after) for each site."""
+    def survival(self) -> list[tuple[str, LayerAudit, LayerAudit]]:
+        """(norm after a time injection, its audit row before, after) for each site."""
         if self.before is None or self.after is None:
             return []
-        before = {row.name: row.survival for row in self.before.layers}
-        after = {row.name: row.survival for row in self.after.layers}
-        return [(n, before.get(n, float("nan")), after.get(_inner(n, after), float("nan"))) for n in self.sites]
+        before = {row.name: row for row in self.before.layers}
+        after = {row.name: row for row in self.after.layers}
+        # a norm wrapped by the fix (diffusers resnets) is hooked as <name>.norm afterwards
+        return [(n, before[n], after[n] if n in after else after[f"{n}.norm"]) for n in self.sites if n in before]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"options": self.options, "changes": self.changes,
-                "sites": [{"norm": n, "survival_before": b, "survival_after": a} for n, b, a in self.survival()],
+        sites = [{"norm": n, "survival_before": b.survival, "survival_after": a.survival,
+                  "verdict_before": b.verdict, "verdict_after": a.verdict} for n, b, a in self.survival()]
+        return {"options": self.options, "changes": self.changes, "sites": sites,
                 "before": self.before.to_dict() if self.before else None,
                 "after": self.after.to_dict() if self.after else None}
 
@@ -48,13 +50,9 @@ class FixResult:
         if rows:
             width = max(len(n) for n, _, _ in rows)
             lines.append(f"  {'norm after time injection':<{width}}  survival before -> after")
-            lines += [f"  {n:<{width}}  {b:>15.4f} -> {a:.4f}" for n, b, a in rows]
+            lines += [f"  {n:<{width}}  {b.survival:>8.4f} ({b.verdict}) -> {a.survival:.4f} ({a.verdict})"
+                      for n, b, a in rows]
         return "\n".join(lines)
-
-
-def _inner(name: str, rows: dict[str, float]) -> str:
-    """A wrapped norm is hooked as ``<name>.norm`` after the fix."""
-    return name if name in rows else f"{name}.norm"
 
 
 def fix(model: nn.Module, example: torch.Tensor, *, positional: bool | str = False, zero_operand_bias: bool = False,
