@@ -31,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", default=None, metavar="C,H,W",
                         help="one input's shape (default: from a diffusers config)")
     parser.add_argument("--samples", type=int, default=8, help="inputs used to find sizes and to audit (default 8)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed for a factory's init and the inputs")
 
 
 def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)  # a factory's random init is part of the run
     model, base = load_model(args.model, parse_pairs(args.set))
     shape = _shape(args.input_shape, model)
     if args.samples < 2:
