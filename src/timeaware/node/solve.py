@@ -141,6 +141,10 @@ class ODEBlock(nn.Module):
     def func(self) -> nn.Module:
         return self.counted.func
 
+    def solver_errors(self) -> contextlib.AbstractContextManager[None]:
+        """Wrap ``loss.backward()`` in this: the adjoint solve fails there, not in ``forward``."""
+        return solver_errors(self.solver, self.func)
+
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
         from torchdiffeq import odeint, odeint_adjoint
 
@@ -150,7 +154,7 @@ class ODEBlock(nn.Module):
         self.counted.in_forward = True
         solve = odeint_adjoint if s.adjoint else odeint
         try:
-            with solver_errors(s, self.func):
+            with self.solver_errors():
                 out = solve(self.counted, z0, t, **s.solve_kwargs())
         finally:
             self.counted.in_forward = False
