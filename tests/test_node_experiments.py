@@ -5,7 +5,7 @@ import json
 import pytest
 
 import timeaware.node.train
-from timeaware.experiments.node import node_groups, node_norm
+from timeaware.experiments.node import node_activation, node_groups, node_norm
 from timeaware.experiments.registry import get_experiment
 
 TINY = {"limit": 48, "test_limit": 32, "channels": 4, "groups": 2, "epochs": 1, "batch_size": 16, "padding": 0}
@@ -38,3 +38,10 @@ def test_node_groups_sweeps_divisors_and_plots(tmp_path):
     table = node_groups("quick", 1, tmp_path, None, overrides={**TINY, "channels": 2, "groups": 1})
     assert "| C=2 G=1 | 1 |" in table and "| C=2 G=2 | 1 |" in table
     assert (tmp_path / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_solve_is_recorded_and_the_sweep_goes_on(tmp_path):
+    table = node_activation("quick", 1, tmp_path, "digits", overrides={**TINY, "options": {"max_num_steps": 1}})
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 5 and all("max_num_steps exceeded" in r["error"] for r in records)
+    assert "failed: relu/seed=0/quick/digits" in table

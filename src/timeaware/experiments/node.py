@@ -27,6 +27,8 @@ from ..config import divisors
 from ..io import atomic_write
 from ..node.run_config import NodeRunConfig
 from ..node.run_config import preset as run_preset
+from ..node.solve import SolverError
+from ..training import NonFiniteLoss
 from .store import ResultStore, markdown_table, write_table
 
 METRICS = {"test_acc": "accuracy (%)", "nfe_forward": "NFE-F", "nfe_backward": "NFE-B", "survival": "survival",
@@ -104,13 +106,19 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
         record = {"key": key, "setting": setting.name, "seed": seed, "preset": preset, "data": _data_label(base),
                   "config": cfg.to_dict()}
         start = time.perf_counter()
-        result = train_classifier(cfg, out / "runs" / _slug(key), resume=True, progress=False)
+        try:
+            result = train_classifier(cfg, out / "runs" / _slug(key), resume=True, progress=False)
+        except (SolverError, NonFiniteLoss) as err:  # a result too (e.g. BN's NFE blow-up); delete the line to retry
+            store.append({**record, "error": str(err), "wall_time": time.perf_counter() - start})
+            continue
         record.update({k: result.summary.get(k) for k in ("test_acc", "best_test_acc", "nfe_forward",
                                                              "nfe_backward", "test_nfe_forward", "epoch")})
         record.update(audit_block(result.model, images), wall_time=time.perf_counter() - start)
         store.append(record)
+    failed = [r["key"] for r in _current(store, preset, base) if "error" in r]
     note = ("\nNFE-F / NFE-B: mean function evaluations per training batch in the last epoch (forward / adjoint "
-            "solve). survival, time share: the audit of the ODE function's norms (mean over them).\n")
+            "solve); the paper's NFE is shown beside NFE-F. survival, time share: the audit of the ODE function's "
+            "norms (mean over them).\n" + "".join(f"\nfailed: {k} (see results.jsonl)" for k in failed))
     table = markdown_table(_current(store, preset, base), group="setting", metrics=METRICS,
                            order=[s.name for s in settings], title=f"{name} ({preset}, {_data_label(base)}): {title}",
                            paper={k: {"test_acc": a, "nfe_forward": n} for k, (a, n) in paper.items()}) + note

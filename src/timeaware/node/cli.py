@@ -52,6 +52,7 @@ def parse_settings(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import NonFiniteLoss
     from .run_config import preset
     from .solve import SolverError
     from .train import train_classifier
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"node-{args.preset}"
     try:
         result = train_classifier(cfg, out, resume=args.resume)
-    except SolverError as err:  # a RuntimeError, which the dispatcher would show as a traceback
+    except (SolverError, NonFiniteLoss) as err:  # RuntimeErrors, which the dispatcher would show as a traceback
         print(f"timeaware: error: {err}", file=sys.stderr)
         return 2
     s = result.summary

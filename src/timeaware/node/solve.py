@@ -55,6 +55,10 @@ class SolverOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
+        for name in ("options", "adjoint_options"):
+            if not isinstance(getattr(self, name), dict | None) or (name == "options" and self.options is None):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; it must be a dict of "
+                                 "torchdiffeq solver options, e.g. {\"max_num_steps\": 1000}")
         for name in ("rtol", "atol", "t1", "adjoint_rtol", "adjoint_atol"):
             value = getattr(self, name)
             if value is None and name.startswith("adjoint_"):
