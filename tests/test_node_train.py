@@ -55,6 +55,15 @@ def test_resume_refuses_a_different_run_and_fresh_run_refuses_an_existing_folder
         train_classifier(_tiny(epochs=2, limit=32, channels=4, groups=2), tmp_path, resume=True, progress=False)
 
 
+def test_paper_preset_is_the_papers_recipe():
+    cfg = preset("paper")
+    assert (cfg.channels, cfg.model.groups, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay,
+            cfg.patience, cfg.dropout, cfg.padding, cfg.hue, cfg.saturation) == (
+        64, 32, 250, 128, 0.1, 0.9, 1e-4, 15, 0.5, 4, 0.05, 0.05)
+    assert (cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, cfg.solver.adjoint) == ("dopri5", 1e-3, 1e-3, True)
+    assert cfg.data == "cifar10" and cfg.use_flip and cfg.limit is None
+
+
 def test_overrides_parse_strings_and_reject_unknown_keys():
     cfg = preset("quick").with_overrides({"norm": "batch", "groups": "4", "epochs": "3", "adjoint": "false",
                                           "options": '{"max_num_steps": 50}', "data": "x.npz"})

@@ -101,6 +101,7 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
 
 def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) -> TrainResult:
     from tqdm.auto import tqdm
+
     acc = make_accelerator()
     seed_everything(cfg.seed)
     train, test = load_run_data(cfg)
