@@ -127,7 +127,11 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
 
 
 def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
-    """Survival and time share of t through the ODE function's norms, from ``timeaware.awareness.audit``."""
+    """Survival and time share of t through the ODE function's norms, from ``timeaware.awareness.audit``.
+
+    Audited in train mode, one batch per t (as in a training solve): BatchNorm then uses the batch
+    statistics that cancel ConcatConv's offset; in eval mode its running mean, averaged over t, would not.
+    """
     try:
         from ..awareness import audit
     except ImportError as err:
@@ -136,7 +140,7 @@ def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
     with torch.no_grad():
         z0 = model.initial_state(images.to(next(model.parameters()).device))
     times = torch.linspace(0.0, model.block.solver.t1, AUDIT_TIMES, dtype=z0.dtype, device=z0.device)
-    report = audit(model.block.func, z0, times, call="tx", mode="eval")
+    report = audit(model.block.func, z0, times, call="tx", mode="train")
     norms = [layer for layer in report.layers if "norm" in layer.name] or list(report.layers)
     return {"survival": _finite_mean(layer.survival for layer in norms),
             "time_share": _finite_mean(layer.time_share for layer in norms),
