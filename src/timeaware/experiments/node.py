@@ -32,7 +32,7 @@ from ..training import NonFiniteLoss
 from .store import ResultStore, markdown_table, write_table
 
 METRICS = {"test_acc": "accuracy (%)", "nfe_forward": "NFE-F", "nfe_backward": "NFE-B", "survival": "survival",
-           "time_share": "time share", "wall_time": "wall (s)"}
+           "time_share_pct": "time share (%)", "wall_time": "wall (s)"}
 AUDIT_TIMES = 8     # timesteps in [0, T] at which the audit compares the ODE function's layers
 AUDIT_IMAGES = 64   # test images whose z(0) the audit uses
 
@@ -135,15 +135,17 @@ def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
     try:
         from ..awareness import audit
     except ImportError as err:
-        return {"survival": None, "time_share": None, "audit_note": f"audit unavailable ({err})"}
+        return {"survival": None, "time_share": None, "time_share_pct": None,
+                "audit_note": f"audit unavailable ({err})"}
     model.eval()
     with torch.no_grad():
         z0 = model.initial_state(images.to(next(model.parameters()).device))
     times = torch.linspace(0.0, model.block.solver.t1, AUDIT_TIMES, dtype=z0.dtype, device=z0.device)
     report = audit(model.block.func, z0, times, call="tx", mode="train")
     norms = [layer for layer in report.layers if "norm" in layer.name] or list(report.layers)
-    return {"survival": _finite_mean(layer.survival for layer in norms),
-            "time_share": _finite_mean(layer.time_share for layer in norms),
+    share = _finite_mean(layer.time_share for layer in norms)
+    return {"survival": _finite_mean(layer.survival for layer in norms), "time_share": share,
+            "time_share_pct": None if share is None else 100 * share,
             "audit": {layer.name: {"survival": layer.survival, "time_share": layer.time_share,
                                    "verdict": layer.verdict} for layer in report.layers}}
 
