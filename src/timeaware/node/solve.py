@@ -127,8 +127,9 @@ def _explain(failure: str, solver: SolverOptions, func: nn.Module | None) -> str
     if config is None or config.norm in ("batch", "instance") or (config.norm == "group" and config.groups == channels):
         causes.append("too smooth (a channel-wise norm after the time offset cancels t: vanished time-dependence)")
     cause = " or ".join(causes) or "diverging dynamics"
+    adjoint = f" adjoint_options={solver.adjoint_options}" if solver.adjoint_options is not None else ""
     return (f"ODE solve failed ({failure}) with {solver.method} rtol={solver.rtol:g} atol={solver.atol:g} "
-            f"options={solver.options}: likely {cause}; try larger rtol/atol or max_num_steps, a smooth "
+            f"options={solver.options}{adjoint}: likely {cause}; try larger rtol/atol or max_num_steps, a smooth "
             "activation (softplus, silu), or fewer groups (norm=group, groups=1) / positional=linear")
 
 
