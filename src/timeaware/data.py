@@ -123,3 +123,62 @@ def _torchvision(source: str, split: str) -> ImageData:
     images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float() / 255.0
     labels = torch.tensor(ds.targets, dtype=torch.long)
     return ImageData(images, labels, len(ds.classes), source)
+
+
+# The paper's augmentation (section 4.1) on whole batches with plain torch ops, every random draw
+# from one ``torch.Generator`` so that a resumed run sees exactly the same images.
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad each side by ``padding`` and cut a random H×W window per image (torchvision's RandomCrop)."""
+    if padding == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy, dx = (torch.randint(0, 2 * padding + 1, (n,), generator=generator) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (N, H, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (N, 1, W)
+    return padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p``."""
+    flip = torch.rand(x.shape[0], generator=generator) < p
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend each RGB image with its grayscale by a per-image ``factor`` (1 = unchanged), as torchvision."""
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    return (factor[:, None, None, None] * x + (1 - factor[:, None, None, None]) * gray).clamp(0, 1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each RGB image's hue by a per-image ``shift`` in turns (0.05 = 18°), through HSV."""
+    r, g, b = x.unbind(1)
+    value, argmax = x.max(dim=1)
+    chroma = value - x.min(dim=1).values
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue = torch.stack([((g - b) / safe) % 6, (b - r) / safe + 2, (r - g) / safe + 4]).gather(0, argmax[None])[0]
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    hue = (hue + shift[:, None, None]) % 1.0
+    # HSV → RGB with the closed form f(n) = V − C·clamp(min(k, 4 − k), 0, 1), k = (n + 6h) mod 6.
+    k = (torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype)[None, :, None, None] + 6 * hue[:, None]) % 6
+    return value[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, hue: float = 0.05,
+            saturation: float = 0.05, flip: bool = True) -> torch.Tensor:
+    """The paper's training augmentation on a batch in [0, 1]: crop (``padding``), colour jitter, flip.
+
+    Colour jitter draws a saturation factor in [1 − s, 1 + s] and a hue shift in [−h, h] per image
+    (saturation first, then hue) and is skipped for 1-channel images; mean-std normalisation is the
+    model's first step, not part of the augmentation.
+    """
+    n = x.shape[0]
+    x = random_crop(x, padding, generator)
+    if x.shape[1] == 3 and saturation > 0:
+        x = adjust_saturation(x, 1 + saturation * (2 * torch.rand(n, generator=generator) - 1))
+    if x.shape[1] == 3 and hue > 0:
+        x = adjust_hue(x, hue * (2 * torch.rand(n, generator=generator) - 1))
+    return random_flip(x, generator) if flip else x

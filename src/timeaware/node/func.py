@@ -28,7 +28,7 @@ class ODEFunc(nn.Module):
         check_positive("channels", channels)
         if time not in TIME_INPUTS:
             raise ValueError(f"time={time!r} is not allowed; choose one of {', '.join(TIME_INPUTS)}")
-        self.config, self.time = config, time
+        self.config, self.time, self.channels = config, time, channels
         self.norm1, self.norm2, self.norm3 = (make_norm(config, channels) for _ in range(3))
         self.act = make_activation(config.activation)
         if time == "concat":

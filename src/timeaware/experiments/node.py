@@ -1,0 +1,199 @@
+"""The paper's NODE experiments as sweeps of settings × seeds (Tables 1, 2, 4 and Figure 7).
+
+Each experiment trains one run per (setting, seed) with ``timeaware.node.train_classifier``, appends
+a line to ``OUT/results.jsonl`` (accuracy, NFE-F, NFE-B, the audit of the ODE function's norms, wall
+time) and rewrites ``OUT/table.md`` with mean ± std over seeds beside the paper's CIFAR-10 numbers.
+Runs already in ``results.jsonl`` are skipped and a run interrupted mid-way resumes from its own
+checkpoint (``OUT/runs/...``), so an interrupted sweep continues where it stopped.
+
+``overrides`` changes the preset for every run (any ``NodeRunConfig.with_overrides`` key), e.g. a
+shorter ``{"epochs": 1, "limit": 64}``; the registry's CLI passes none.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import divisors
+from ..io import atomic_write
+from ..node.run_config import NodeRunConfig
+from ..node.run_config import preset as run_preset
+from ..node.solve import SolverError
+from ..training import NonFiniteLoss
+from .store import ResultStore, markdown_table, write_table
+
+METRICS = {"test_acc": "accuracy (%)", "nfe_forward": "NFE-F", "nfe_backward": "NFE-B", "survival": "survival",
+           "time_share_pct": "time share (%)", "wall_time": "wall (s)"}
+AUDIT_TIMES = 8     # timesteps in [0, T] at which the audit compares the ODE function's layers
+AUDIT_IMAGES = 64   # test images whose z(0) the audit uses
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a table: a name and the run settings it changes."""
+
+    name: str
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+def node_norm(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None) -> str:
+    """Table 1: GroupNorm, BatchNorm (cancels ConcatConv's offset), GroupNorm + positional timestep embedding."""
+    settings = [Setting("GN"), Setting("BN", {"norm": "batch"}), Setting("GN + positional", {"positional": "linear"})]
+    paper = {"GN": (91.76, 26.0), "BN": (91.11, 34.6), "GN + positional": (91.80, 26.0)}
+    return sweep("node-norm", "Table 1: normalization and positional timestep embedding", settings, paper,
+                 preset, seeds, out, data, overrides)
+
+
+def node_bias(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None) -> str:
+    """Table 2 (MLP timestep embedding): zero bias on both branches, the timestep branch only, the operand only."""
+    mlp = {"time": "mlp"}
+    settings = [Setting("zero bias: both branches", {**mlp, "operand_bias": "zero", "time_bias": "zero"}),
+                Setting("zero bias: timestep branch", {**mlp, "operand_bias": "default", "time_bias": "zero"}),
+                Setting("zero bias: operand branch", {**mlp, "operand_bias": "zero", "time_bias": "default"})]
+    paper = {"zero bias: both branches": (92.03, 26.0), "zero bias: timestep branch": (92.00, 39.2),
+             "zero bias: operand branch": (92.18, 26.0)}
+    return sweep("node-bias", "Table 2: zero bias initialization per branch (MLP timestep embedding)", settings,
+                 paper, preset, seeds, out, data, overrides)
+
+
+def node_activation(preset: str, seeds: int, out: Path, data: str | None,
+                    overrides: dict[str, Any] | None = None) -> str:
+    """Table 4: smooth activations lower NFE at some cost in accuracy."""
+    names = ("relu", "silu", "elu", "softplus", "sigmoid")
+    paper = dict(zip(names, [(91.76, 26.0), (91.76, 21.5), (91.38, 23.5), (89.89, 18.8), (89.75, 14.0)]))
+    return sweep("node-activation", "Table 4: activation function vs accuracy and NFE",
+                 [Setting(n, {"activation": n}) for n in names], paper, preset, seeds, out, data, overrides)
+
+
+def node_groups(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None) -> str:
+    """Figure 7: GroupNorm with G in the divisors of C (C = 64, 128 at paper scale; the preset's C when quick)."""
+    base = _base(preset, data, overrides)
+    widths = (64, 128) if preset == "paper" else (base.channels,)
+    settings = [Setting(f"C={c} G={g}", {"channels": c, "norm": "group", "groups": g})
+                for c in widths for g in divisors(c)]
+    table = sweep("node-groups", "Figure 7: number of groups G", settings, {}, preset, seeds, out, data, overrides)
+    _plot_groups(_current(ResultStore(out / "results.jsonl"), preset, base), out / "groups.png")
+    return table
+
+
+def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, tuple[float, float]], preset: str,
+          seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None) -> str:
+    """Train every (setting, seed) not yet in ``results.jsonl``, then write and return ``table.md``."""
+    from tqdm.auto import tqdm
+
+    from ..node.train import load_run_data, train_classifier
+
+    out = Path(out)
+    base = _base(preset, data, overrides)
+    store = ResultStore(out / "results.jsonl")
+    images = load_run_data(base)[1].x[:AUDIT_IMAGES]
+    bar = tqdm([(s, seed) for s in settings for seed in range(seeds)], desc=name, unit="run")
+    for setting, seed in bar:
+        key = f"{setting.name}/seed={seed}/{preset}/{_data_label(base)}"
+        if store.done(key):
+            continue
+        cfg = base.with_overrides({**setting.changes, "seed": seed})
+        bar.set_postfix_str(key)
+        record = {"key": key, "setting": setting.name, "seed": seed, "preset": preset, "data": _data_label(base),
+                  "config": cfg.to_dict()}
+        start = time.perf_counter()
+        try:
+            result = train_classifier(cfg, out / "runs" / _slug(key), resume=True, progress=False)
+        except (SolverError, NonFiniteLoss) as err:  # a result too (e.g. BN's NFE blow-up); delete the line to retry
+            store.append({**record, "error": str(err), "wall_time": time.perf_counter() - start})
+            continue
+        record.update({k: result.summary.get(k) for k in ("test_acc", "best_test_acc", "nfe_forward",
+                                                             "nfe_backward", "test_nfe_forward", "epoch")})
+        record.update(audit_block(result.model, images), wall_time=time.perf_counter() - start)
+        store.append(record)
+    failed = [r["key"] for r in _current(store, preset, base) if "error" in r]
+    note = ("\nNFE-F / NFE-B: mean function evaluations per training batch in the last epoch (forward / adjoint "
+            "solve); the paper's NFE is shown beside NFE-F. survival, time share: the audit of the ODE function's "
+            "norms (mean over them).\n" + "".join(f"\nfailed: {k} (see results.jsonl)" for k in failed))
+    table = markdown_table(_current(store, preset, base), group="setting", metrics=METRICS,
+                           order=[s.name for s in settings], title=f"{name} ({preset}, {_data_label(base)}): {title}",
+                           paper={k: {"test_acc": a, "nfe_forward": n} for k, (a, n) in paper.items()}) + note
+    write_table(out / "table.md", table)
+    return table
+
+
+def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+    """Survival and time share of t through the ODE function's norms, from ``timeaware.awareness.audit``.
+
+    Audited in train mode, one batch per t (as in a training solve): BatchNorm then uses the batch
+    statistics that cancel ConcatConv's offset; in eval mode its running mean, averaged over t, would not.
+    """
+    try:
+        from ..awareness import audit
+    except ImportError as err:
+        return {"survival": None, "time_share": None, "time_share_pct": None,
+                "audit_note": f"audit unavailable ({err})"}
+    model.eval()
+    with torch.no_grad():
+        z0 = model.initial_state(images.to(next(model.parameters()).device))
+    times = torch.linspace(0.0, model.block.solver.t1, AUDIT_TIMES, dtype=z0.dtype, device=z0.device)
+    report = audit(model.block.func, z0, times, call="tx", mode="train")
+    norms = [layer for layer in report.layers if "norm" in layer.name] or list(report.layers)
+    share = _finite_mean(layer.time_share for layer in norms)
+    return {"survival": _finite_mean(layer.survival for layer in norms), "time_share": share,
+            "time_share_pct": None if share is None else 100 * share,
+            "audit": {layer.name: {"survival": layer.survival, "time_share": layer.time_share,
+                                   "verdict": layer.verdict} for layer in report.layers}}
+
+
+def _base(preset: str, data: str | None, overrides: dict[str, Any] | None) -> NodeRunConfig:
+    return run_preset(preset).with_overrides({**({"data": data} if data else {}), **(overrides or {})})
+
+
+def _current(store: ResultStore, preset: str, base: NodeRunConfig) -> list[dict[str, Any]]:
+    """The records of this preset and dataset (an OUT folder may hold others)."""
+    return [r for r in store.records() if r.get("preset") == preset and r.get("data") == _data_label(base)]
+
+
+def _data_label(cfg: NodeRunConfig) -> str:
+    return Path(cfg.data).stem
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", key)
+
+
+def _finite_mean(values: Any) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return statistics.fmean(vals) if vals else None
+
+
+def _plot_groups(records: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy (mean ± std over seeds) against G, one line per width C (paper Figure 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for c in sorted({r["config"]["channels"] for r in records}):
+        by_g: dict[int, list[float]] = {}
+        for r in records:
+            if r["config"]["channels"] == c and r.get("test_acc") is not None:
+                by_g.setdefault(r["config"]["model"]["groups"], []).append(r["test_acc"])
+        gs = sorted(by_g)
+        means = [statistics.fmean(by_g[g]) for g in gs]
+        stds = [statistics.stdev(by_g[g]) if len(by_g[g]) > 1 else 0.0 for g in gs]
+        ax.errorbar(gs, means, yerr=stds, marker="o", capsize=3, label=f"C = {c}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("groups G")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("NODE: accuracy against the number of groups")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)

@@ -1,0 +1,166 @@
+"""The ODE block: torchdiffeq solves with every option passed through, exact NFE, readable failures.
+
+NFE is counted by wrapping the ODE function: calls made while ``odeint`` runs are the forward solve
+(NFE-F); calls made after it returned and before the next solve can only come from the adjoint's
+backward solve (NFE-B). Direct backpropagation (``adjoint=False``) never calls the function again,
+so its NFE-B is 0 by construction.
+
+torchdiffeq reports a step budget exceeded or a step size underflow with a bare ``assert``;
+``solver_errors`` turns those into ``SolverError`` naming the likely cause (paper section 5: the
+dynamics are too stiff, or too smooth because the timestep embedding vanished) and the options
+that change it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun3", "rk4",
+           "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
+_SOLVER_FAILURES = ("max_num_steps exceeded", "underflow in dt", "non-finite values in state")
+
+
+class SolverError(RuntimeError):
+    """An ODE solve gave up: step budget exceeded, step size underflow, or a diverging state."""
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """How the ODE block is solved (the paper: dopri5, rtol = atol = 1e-3, adjoint, T = 1).
+
+    options   torchdiffeq's ``options`` dict, passed through unchanged (e.g. ``{"max_num_steps": 1000}``,
+              ``{"step_size": 0.1}`` for fixed-step methods).
+    adjoint   ``odeint_adjoint`` (memory O(1) in the steps, a second solve backwards) or direct backprop.
+    adjoint_rtol, adjoint_atol, adjoint_options
+              the backward solve's own settings (None: the forward ones, torchdiffeq's default).
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    options: dict[str, Any] = field(default_factory=dict)
+    adjoint: bool = True
+    t1: float = 1.0
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+    adjoint_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
+        for name in ("options", "adjoint_options"):
+            if not isinstance(getattr(self, name), dict | None) or (name == "options" and self.options is None):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; it must be a dict of "
+                                 "torchdiffeq solver options, e.g. {\"max_num_steps\": 1000}")
+        for name in ("rtol", "atol", "t1", "adjoint_rtol", "adjoint_atol"):
+            value = getattr(self, name)
+            if value is None and name.startswith("adjoint_"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name}={value!r} is not allowed; it must be a positive number")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def solve_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``odeint`` / ``odeint_adjoint``."""
+        kwargs: dict[str, Any] = {"rtol": self.rtol, "atol": self.atol, "method": self.method,
+                                  "options": dict(self.options) or None}
+        if self.adjoint:
+            kwargs.update(adjoint_rtol=self.adjoint_rtol, adjoint_atol=self.adjoint_atol,
+                          adjoint_options=None if self.adjoint_options is None else dict(self.adjoint_options))
+        return kwargs
+
+
+@dataclass
+class SolveStats:
+    """Function evaluations of the latest solve: NFE-F for the forward solve, NFE-B for the adjoint solve."""
+
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    adjoint: bool = True
+
+    def __str__(self) -> str:
+        note = "" if self.adjoint else " (no adjoint: gradients by direct backpropagation)"
+        return f"NFE-F {self.nfe_forward}, NFE-B {self.nfe_backward}{note}"
+
+
+class _Counted(nn.Module):
+    """Wraps the ODE function and counts its calls into the forward or backward tally."""
+
+    def __init__(self, func: nn.Module, stats: SolveStats) -> None:
+        super().__init__()
+        self.func, self.stats, self.in_forward = func, stats, False
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.in_forward:
+            self.stats.nfe_forward += 1
+        else:
+            self.stats.nfe_backward += 1
+        return self.func(t, x)
+
+
+@contextlib.contextmanager
+def solver_errors(solver: SolverOptions, func: nn.Module | None = None) -> Iterator[None]:
+    """Turn torchdiffeq's failure assertions (forward or adjoint solve) into a one-line ``SolverError``."""
+    try:
+        yield
+    except AssertionError as err:
+        text = str(err)
+        if not text.startswith(_SOLVER_FAILURES):
+            raise
+        raise SolverError(_explain(text.split(" (")[0].split(":")[0], solver, func)) from err
+
+
+def _explain(failure: str, solver: SolverOptions, func: nn.Module | None) -> str:
+    config, channels = getattr(func, "config", None), getattr(func, "channels", None)
+    causes = []
+    if config is None or config.activation == "relu":
+        causes.append("too stiff (ReLU's kink)")
+    if config is None or config.norm in ("batch", "instance") or (config.norm == "group" and config.groups == channels):
+        causes.append("too smooth (a channel-wise norm after the time offset cancels t: vanished time-dependence)")
+    cause = " or ".join(causes) or "diverging dynamics"
+    adjoint = f" adjoint_options={solver.adjoint_options}" if solver.adjoint_options is not None else ""
+    return (f"ODE solve failed ({failure}) with {solver.method} rtol={solver.rtol:g} atol={solver.atol:g} "
+            f"options={solver.options}{adjoint}: likely {cause}; try larger rtol/atol or max_num_steps, a smooth "
+            "activation (softplus, silu), or fewer groups (norm=group, groups=1) / positional=linear")
+
+
+class ODEBlock(nn.Module):
+    """z(T) = z(0) + ∫ f(z, t) dt over [0, T], solved by torchdiffeq; ``stats`` holds the latest NFE."""
+
+    def __init__(self, func: nn.Module, solver: SolverOptions | None = None) -> None:
+        super().__init__()
+        self.solver = solver or SolverOptions()
+        self.stats = SolveStats(adjoint=self.solver.adjoint)
+        self.counted = _Counted(func, self.stats)
+
+    @property
+    def func(self) -> nn.Module:
+        return self.counted.func
+
+    def solver_errors(self) -> contextlib.AbstractContextManager[None]:
+        """Wrap ``loss.backward()`` in this: the adjoint solve fails there, not in ``forward``."""
+        return solver_errors(self.solver, self.func)
+
+    def forward(self, z0: torch.Tensor) -> torch.Tensor:
+        from torchdiffeq import odeint, odeint_adjoint
+
+        s = self.solver
+        t = torch.tensor([0.0, s.t1], dtype=z0.dtype, device=z0.device)
+        self.stats.nfe_forward = self.stats.nfe_backward = 0
+        self.counted.in_forward = True
+        solve = odeint_adjoint if s.adjoint else odeint
+        try:
+            with self.solver_errors():
+                out = solve(self.counted, z0, t, **s.solve_kwargs())
+        finally:
+            self.counted.in_forward = False
+        return out[-1]

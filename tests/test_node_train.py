@@ -1,0 +1,96 @@
+"""Training: a tiny quick run learns and writes valid files; resume is bitwise; user errors are one line."""
+
+import json
+
+import pytest
+import torch
+
+from timeaware.cli import main
+from timeaware.io import load_tensors
+from timeaware.node import NodeRunConfig, preset, train_classifier
+from timeaware.training import latest_checkpoint
+
+TINY = {"limit": 160, "test_limit": 90, "channels": 8, "groups": 4, "batch_size": 32, "padding": 0,
+        "dropout": 0.0, "lr": 0.1}
+
+
+def _tiny(**changes):
+    return preset("quick").with_overrides({**TINY, **changes})
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_epoch_quick_run_learns_and_writes_metrics_and_checkpoint(tmp_path):
+    result_cfg = _tiny(epochs=2, limit=480, batch_size=16)
+    result = train_classifier(result_cfg, tmp_path, progress=False)
+    rows = _records(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_acc", "test_acc", "nfe_forward", "nfe_backward", "lr", "wall_time"):
+        assert isinstance(rows[-1][key], float | int)
+    assert rows[-1]["nfe_forward"] >= 6 and rows[-1]["nfe_backward"] > 0  # dopri5 + adjoint
+    assert result.summary["test_acc"] > 18.0  # 10 classes: chance is 10%
+    state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["state"]
+    assert state["epoch"] == 2 and NodeRunConfig.from_dict(state["config"]) == result_cfg
+    assert set(load_tensors(latest_checkpoint(tmp_path) / "model.safetensors")) == set(result.model.state_dict())
+
+
+def test_resume_continues_the_same_run_bitwise(tmp_path):
+    cfg = _tiny(epochs=2, padding=2, dropout=0.5, limit=64)  # augmentation and dropout draw random numbers
+    straight = train_classifier(cfg, tmp_path / "straight", progress=False).model.state_dict()
+    train_classifier(cfg.with_overrides({"epochs": 1}), tmp_path / "split", progress=False)
+    resumed = train_classifier(cfg, tmp_path / "split", resume=True, progress=False).model.state_dict()
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    strip = [{k: v for k, v in r.items() if k != "wall_time"} for r in _records(tmp_path / "straight")]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_time"} for r in _records(tmp_path / "split")]
+
+
+def test_resume_refuses_a_different_run_and_fresh_run_refuses_an_existing_folder(tmp_path):
+    train_classifier(_tiny(epochs=1, limit=32), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_classifier(_tiny(epochs=1, limit=32), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different channels"):
+        train_classifier(_tiny(epochs=2, limit=32, channels=4, groups=2), tmp_path, resume=True, progress=False)
+
+
+def test_paper_preset_is_the_papers_recipe():
+    cfg = preset("paper")
+    assert (cfg.channels, cfg.model.groups, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay,
+            cfg.patience, cfg.dropout, cfg.padding, cfg.hue, cfg.saturation) == (
+        64, 32, 250, 128, 0.1, 0.9, 1e-4, 15, 0.5, 4, 0.05, 0.05)
+    assert (cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, cfg.solver.adjoint) == ("dopri5", 1e-3, 1e-3, True)
+    assert cfg.data == "cifar10" and cfg.use_flip and cfg.limit is None
+
+
+def test_overrides_parse_strings_and_reject_unknown_keys():
+    cfg = preset("quick").with_overrides({"norm": "batch", "groups": "4", "epochs": "3", "adjoint": "false",
+                                          "options": '{"max_num_steps": 50}', "data": "x.npz"})
+    assert (cfg.model.norm, cfg.model.groups, cfg.epochs, cfg.solver.adjoint) == ("batch", 4, 3, False)
+    assert cfg.solver.options == {"max_num_steps": 50} and cfg.data == "x.npz" and cfg.use_flip
+    assert not preset("quick").use_flip and preset("quick").image_size == 16
+    with pytest.raises(ValueError, match="unknown setting 'colour'"):
+        preset("quick").with_overrides({"colour": "red"})
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--preset", "huge"], "preset 'huge' is unknown; choose one of quick, paper"),
+    (["--epochs", "-1"], "epochs=-1 is not allowed"),
+    (["--set", "colour=red"], "unknown setting 'colour'"),
+    (["--set", "norm=weird"], "norm='weird' is not allowed"),
+    (["--set", "groups=5"], "groups=5 does not divide channels=16"),
+    (["--data", "/nope/cifar.npz"], "/nope/cifar.npz: no such file"),
+])
+def test_cli_bad_inputs_are_one_line_errors(argv, message, capsys, tmp_path):
+    assert main(["train", "node", "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_trains_and_reports(tmp_path, capsys):
+    args = ["train", "node", "--out", str(tmp_path), "--epochs", "1", "--limit", "32", "--no-adjoint",
+            "--set", "channels=8", "--set", "groups=4", "--method", "rk4", "--set", 'options={"step_size": 0.5}']
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "NFE-F 8.0, NFE-B 0.0" in out and (tmp_path / "metrics.jsonl").is_file()
