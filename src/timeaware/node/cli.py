@@ -5,6 +5,7 @@ Examples:
   timeaware train node --set norm=batch --out runs/bn   # one knob of the shared config changed
   timeaware train node --preset paper --data /path/cifar10.npz --out runs/paper
   timeaware train node --out runs/bn --resume           # continue the latest checkpoint exactly
+  torchrun --nproc-per-node 2 -m timeaware train node   # DDP (gloo on CPUs); --batch-size is the global batch
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="train on a fixed subset of N images")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/node-PRESET)")
-    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
+                        help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "
+                             "fresh when --out has none) or from a checkpoint / run folder")
     parser.add_argument("--no-adjoint", action="store_true", help="direct backpropagation through the solver")
     parser.add_argument("--method", default=None, help="torchdiffeq method (default dopri5)")
     parser.add_argument("--rtol", type=float, default=None)
@@ -64,11 +67,21 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.preset).with_overrides(changes)
     out = args.out or Path("runs") / f"node-{args.preset}"
     try:
-        result = train_classifier(cfg, out, resume=args.resume)
+        result = train_classifier(cfg, out, resume=args.resume or False)
     except (SolverError, NonFiniteLoss) as err:  # RuntimeErrors, which the dispatcher would show as a traceback
-        print(f"timeaware: error: {err}", file=sys.stderr)
+        if _is_main_process():
+            print(f"timeaware: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
+    if not _is_main_process():
+        return 0
     s = result.summary
     print(f"{out}: epoch {s['epoch']}, test accuracy {s['test_acc']:.2f}% (best {s['best_test_acc']:.2f}%), "
           f"NFE-F {s['nfe_forward']:.1f}, NFE-B {s['nfe_backward']:.1f}, {s['wall_time']:.0f}s")
     return 0
+
+
+def _is_main_process() -> bool:
+    """Rank 0 prints; the other processes of a distributed launch stay quiet."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

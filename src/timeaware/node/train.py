@@ -9,7 +9,6 @@ run continues bit for bit as if it had not stopped.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,15 +23,17 @@ from ..data import ImageData, augment, load_images
 from ..training import (
     MetricsLog,
     check_finite,
+    checkpoint_root,
     latest_checkpoint,
     load_checkpoint,
     make_accelerator,
+    read_checkpoint_state,
+    rewind_to,
     save_checkpoint,
     seed_everything,
 )
 from .model import NodeClassifier
 from .run_config import NodeRunConfig
-from .solve import SolveStats
 
 SUBSET_SEED = 0  # the --limit subset is the same for every seed: seeds vary initialisation and data order
 
@@ -75,17 +76,43 @@ def _unwrap(model: nn.Module) -> NodeClassifier:
     return getattr(model, "module", model)
 
 
-def train_classifier(cfg: NodeRunConfig, out: str | Path, *, resume: bool = False,
+def train_classifier(cfg: NodeRunConfig, out: str | Path, *, resume: bool | str | Path = False,
                      progress: bool = True) -> TrainResult:
-    """Train ``cfg`` into the run folder ``out``; with ``resume``, continue its latest checkpoint."""
+    """Train ``cfg`` into the run folder ``out``.
+
+    ``resume``: False (``out`` must not hold a run), True or ``"latest"`` (continue ``out``'s latest
+    checkpoint, or start when it has none), or a checkpoint folder / run folder to continue from.
+    """
     out = Path(out)
-    found = latest_checkpoint(out)
-    if found is not None and not resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    found = resolve_resume(out, resume)
     if found is not None:
-        _check_same_run(json.loads((found / "state.json").read_text(encoding="utf-8"))["state"]["config"], cfg, out)
+        _check_same_run(read_checkpoint_state(found)["state"].get("config", {}), cfg, out)
     with _intra_op_threads(cfg.threads):
         return _train(cfg, out, found, progress)
+
+
+def resolve_resume(out: Path, resume: bool | str | Path) -> Path | None:
+    """The checkpoint folder a run continues from (None: a fresh run), checked before anything is built."""
+    if resume is False or resume is None:
+        if latest_checkpoint(out) is not None:
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return None
+    if resume is True or resume == "latest":
+        return latest_checkpoint(out)
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    if not path.is_dir():
+        raise ValueError(f"--resume {path}: expected a checkpoint folder (with state.json) or a run folder")
+    found = path if (path / "state.json").is_file() else latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"--resume {path}: no checkpoint found (expected state.json or checkpoints/latest)")
+    own = checkpoint_root(out).resolve()
+    if found.resolve().parent != own and latest_checkpoint(out) is not None:
+        raise ValueError(f"--resume {path}: {out} already holds another run; choose another --out")
+    return found
 
 
 @contextlib.contextmanager
@@ -99,12 +126,30 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def global_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's global batches: a permutation of ``n`` drawn from ``generator``, cut every ``batch_size``."""
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def rank_slice(size: int, rank: int, world: int) -> slice:
+    """This rank's contiguous part of a global batch of ``size`` (sizes differ by at most one)."""
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
 def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) -> TrainResult:
+    """The loop. ``cfg.batch_size`` is the global batch: every process draws the same permutation and the
+    same augmentation for the whole batch (one generator, equal on all ranks) and trains on its slice;
+    the loss is scaled so that DDP's gradient average equals the single-process gradient of the batch.
+    """
     from tqdm.auto import tqdm
 
+    train, test = load_run_data(cfg)  # bad data paths fail here, before any process group is set up
     acc = make_accelerator()
+    rank, world = acc.process_index, acc.num_processes
+    _check_batches(len(train), cfg.batch_size, world)
     seed_everything(cfg.seed)
-    train, test = load_run_data(cfg)
     model = build_model(cfg, train)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=cfg.patience)
@@ -116,39 +161,47 @@ def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) ->
                                generators={"data": gen})
         start, row = meta["state"]["epoch"], meta["state"]["metrics"]
         best, wall = row["best_test_acc"], row["wall_time"]
-        log.truncate_after("epoch", start)
+        if acc.is_main_process:
+            rewind_to(out, found)
+            log.truncate_after("epoch", start)
+        acc.wait_for_everyone()
     model, opt = acc.prepare(model, opt)
     block = _unwrap(model).block
+    steps = -(-len(train) // cfg.batch_size)
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        shard = torch.randperm(len(train), generator=gen)[acc.process_index::acc.num_processes]
-        totals = {"loss": 0.0, "correct": 0, "seen": 0, "nfe_f": 0, "nfe_b": 0, "batches": 0}
-        bar = tqdm(shard.split(cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not (progress and acc.is_main_process))
-        for idx in bar:
-            x = augment(train.x[idx], gen, padding=cfg.padding, hue=cfg.hue, saturation=cfg.saturation,
-                        flip=cfg.use_flip).to(acc.device)
-            y = train.y[idx].to(acc.device)
+        local = torch.zeros(4, dtype=torch.float64)  # correct, NFE-F, NFE-B, batches (this rank)
+        loss_sum = 0.0
+        bar = tqdm(global_batches(len(train), cfg.batch_size, gen), desc=f"epoch {epoch}/{cfg.epochs}",
+                   leave=False, disable=not (progress and acc.is_main_process))
+        for i, batch in enumerate(bar):
+            x = augment(train.x[batch], gen, padding=cfg.padding, hue=cfg.hue, saturation=cfg.saturation,
+                        flip=cfg.use_flip)  # the whole global batch, identically on every rank
+            part = rank_slice(len(batch), rank, world)
+            x, y = x[part].to(acc.device), train.y[batch][part].to(acc.device)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            check_finite(loss, (epoch - 1) * len(bar) + totals["batches"])
+            ce = F.cross_entropy(logits, y, reduction="sum")
+            total = acc.reduce(ce.detach(), "sum")  # the global batch's loss, the same on every rank
+            check_finite(total, (epoch - 1) * steps + i + 1)
             opt.zero_grad(set_to_none=True)
             with block.solver_errors():
-                acc.backward(loss)
+                acc.backward(ce * (world / len(batch)))  # DDP averages over ranks: mean over the global batch
             opt.step()
-            _add(totals, loss.item() * len(idx), (logits.argmax(1) == y).sum().item(), len(idx), block.stats)
-            bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}",
-                            acc=f"{100 * totals['correct'] / totals['seen']:.1f}",
+            loss_sum += total.item()
+            local += torch.tensor([(logits.argmax(1) == y).sum().item(), block.stats.nfe_forward,
+                                   block.stats.nfe_backward, 1], dtype=torch.float64)
+            bar.set_postfix(loss=f"{total.item() / len(batch):.3f}",
                             nfe=f"{block.stats.nfe_forward}/{block.stats.nfe_backward}")
-        test_acc, test_nfe = evaluate(model, test, cfg.batch_size, acc.device)
-        train_loss = totals["loss"] / totals["seen"]
+        correct, nfe_f, nfe_b, batches = acc.reduce(local.to(acc.device), "sum").tolist()
+        test_acc, test_nfe = evaluate(_unwrap(model), test, cfg.batch_size, acc.device)
+        train_loss = loss_sum / len(train)
         sched.step(train_loss)
         best = max(best, test_acc)
         wall += time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * totals["correct"] / totals["seen"],
-               "test_acc": test_acc, "best_test_acc": best, "nfe_forward": totals["nfe_f"] / totals["batches"],
-               "nfe_backward": totals["nfe_b"] / totals["batches"], "test_nfe_forward": test_nfe,
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": 100.0 * correct / len(train),
+               "test_acc": test_acc, "best_test_acc": best, "nfe_forward": nfe_f / batches,
+               "nfe_backward": nfe_b / batches, "test_nfe_forward": test_nfe,
                "lr": opt.param_groups[0]["lr"], "wall_time": wall}
         if acc.is_main_process:
             log.write(row)
@@ -161,6 +214,15 @@ def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) ->
     return TrainResult(row, _unwrap(model))
 
 
+def _check_batches(n: int, batch_size: int, world: int) -> None:
+    """Every process needs at least one image of every global batch (the last one included)."""
+    last = n % batch_size or batch_size
+    if min(batch_size, last) < world:
+        raise ValueError(f"batch_size={batch_size} over {n} images leaves a batch of {min(batch_size, last)} for "
+                         f"{world} processes; batch_size is the global batch, choose it (and limit) so that every "
+                         "batch has at least one image per process")
+
+
 def _check_same_run(saved: dict[str, Any], cfg: NodeRunConfig, out: Path) -> None:
     """A resumed run must be the same run; only ``epochs`` may grow (to extend it)."""
     now = cfg.to_dict()
@@ -168,15 +230,6 @@ def _check_same_run(saved: dict[str, Any], cfg: NodeRunConfig, out: Path) -> Non
     if changed:
         raise ValueError(f"--resume: {out} was trained with different {', '.join(changed)}; "
                          "resume with the same settings or choose another --out")
-
-
-def _add(totals: dict[str, Any], loss: float, correct: int, seen: int, stats: SolveStats) -> None:
-    totals["loss"] += loss
-    totals["correct"] += correct
-    totals["seen"] += seen
-    totals["nfe_f"] += stats.nfe_forward
-    totals["nfe_b"] += stats.nfe_backward
-    totals["batches"] += 1
 
 
 def _describe(row: dict[str, Any], adjoint: bool) -> str:

@@ -86,23 +86,49 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
         if found is None:
             raise FileNotFoundError(f"{path}: no checkpoint found (expected state.json or checkpoints/latest)")
         path = found
-    try:
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / 'state.json'}: corrupted checkpoint metadata ({err})") from None
+    meta = read_checkpoint_state(path)
     for key, module in modules.items():
         file = path / f"{key}.safetensors"
         try:
             module.load_state_dict(load_tensors(file))
         except RuntimeError as err:
             raise ValueError(f"{file}: does not match the model ({str(err).splitlines()[0]})") from None
-    if optimizer is not None:
-        optimizer.load_state_dict(_join_optimizer(load_tensors(path / "optimizer.safetensors"), meta["optimizer"]))
-    if scheduler is not None and "scheduler" in meta:
-        scheduler.load_state_dict(meta["scheduler"])
-    if restore_rng:
-        _restore_rng(load_tensors(path / "rng.safetensors"), meta["rng"], generators or {})
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(_join_optimizer(load_tensors(path / "optimizer.safetensors"),
+                                                      meta["optimizer"]))
+        if scheduler is not None and "scheduler" in meta:
+            scheduler.load_state_dict(meta["scheduler"])
+        if restore_rng:
+            _restore_rng(load_tensors(path / "rng.safetensors"), meta["rng"], generators or {})
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"{path / 'state.json'}: corrupted checkpoint metadata (bad or missing {err})") from None
     return meta
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint folder; a corrupted one gives a one-line error naming the file."""
+    file = Path(path) / "state.json"
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file}: no such file (an incomplete checkpoint)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: corrupted checkpoint metadata ({err})") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("state"), dict) and isinstance(meta.get("step"), int)):
+        raise ValueError(f"{file}: corrupted checkpoint metadata (expected step and state)")
+    return meta
+
+
+def rewind_to(run_dir: str | Path, folder: str | Path) -> None:
+    """Make ``folder`` the run's latest checkpoint and drop newer ones (resuming from an older checkpoint
+    abandons what followed it, as ``MetricsLog.truncate_after`` does for the metrics)."""
+    root, folder = checkpoint_root(run_dir), Path(folder)
+    if folder.resolve().parent != root.resolve():
+        return  # a checkpoint of another run: this run folder starts from it
+    atomic_write_text(root / LATEST, folder.name + "\n")
+    for newer in sorted(p for p in root.glob("step-*") if p.is_dir() and p.name > folder.name):
+        shutil.rmtree(newer, ignore_errors=True)
 
 
 def _split_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

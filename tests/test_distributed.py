@@ -1,0 +1,102 @@
+"""Real DDP on CPU: a 2-process gloo run of `timeaware train node` equals one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import timeaware.training.common
+from timeaware.io import load_tensors
+from timeaware.node import preset, train_classifier
+from timeaware.training import latest_checkpoint, make_accelerator
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# GroupNorm, no dropout, no augmentation draws that differ by rank, a fixed-step solver: fast and deterministic.
+# 40 images in global batches of 16: 16, 16, 8 -> each of 2 ranks gets 8, 8, 4.
+TINY = {"limit": 40, "test_limit": 16, "channels": 8, "groups": 4, "batch_size": 16, "padding": 1, "dropout": 0.0,
+        "epochs": 2, "method": "rk4", "options": {"step_size": 0.5}}
+
+
+def subprocess_env() -> dict[str, str]:
+    """The test's environment with this checkout's ``src`` first on PYTHONPATH and one thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def cli_args(changes: dict) -> list[str]:
+    args = []
+    for key, value in changes.items():
+        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_gloo_run_equals_one_process_with_the_same_global_batch(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "timeaware", "train", "node", "--out", str(out),
+           *cli_args(TINY)]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("test accuracy") == 1, done.stdout  # only rank 0 prints the summary
+
+    single = train_classifier(preset("quick").with_overrides(TINY), tmp_path / "one", progress=False)
+    ddp = load_tensors(latest_checkpoint(out) / "model.safetensors")
+    diff = max((ddp[k].double() - v.double()).abs().max().item() for k, v in single.model.state_dict().items())
+    print(f"DDP (2 x gloo) vs 1 process, max abs weight difference: {diff:.3g}")
+    assert diff < 1e-5
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # rank 0 alone writes: one line per epoch
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, one, strict=True):  # metrics are reduced over ranks: the same as one process
+        assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"] and a["lr"] == b["lr"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "metrics.jsonl"]
+
+
+def test_a_launch_whose_process_count_differs_from_world_size_fails_loudly(monkeypatch):
+    class Alone:  # what accelerate builds when the process group was not set up: one independent copy
+        num_processes = 1
+
+        def __init__(self, **kwargs):
+            pass
+
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "Accelerator", Alone)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="launcher started 2 processes but accelerate sees 1"):
+        make_accelerator(cpu=True)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert isinstance(make_accelerator(cpu=True), Alone)
+    assert timeaware.training.common.make_accelerator is make_accelerator
+
+
+def test_a_global_batch_too_small_for_the_processes_is_refused_before_training():
+    from timeaware.node.train import _check_batches, rank_slice
+
+    assert [rank_slice(5, r, 2) for r in range(2)] == [slice(0, 3), slice(3, 5)]
+    assert [rank_slice(16, r, 2) for r in range(2)] == [slice(0, 8), slice(8, 16)]
+    _check_batches(40, 16, 2)
+    with pytest.raises(ValueError, match="leaves a batch of 1 for 2 processes"):
+        _check_batches(33, 16, 2)
+    with pytest.raises(ValueError, match="batch_size=1"):
+        _check_batches(40, 1, 2)
+    assert torch.equal(torch.cat([torch.arange(7)[rank_slice(7, r, 3)] for r in range(3)]), torch.arange(7))
