@@ -3,48 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import timeaware.training.common
+from launch import cli_args, free_port, subprocess_env
 from timeaware.io import load_tensors
 from timeaware.node import preset, train_classifier
 from timeaware.training import latest_checkpoint, make_accelerator
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-# GroupNorm, no dropout, no augmentation draws that differ by rank, a fixed-step solver: fast and deterministic.
+# GroupNorm, no dropout, crops drawn for the whole global batch on every rank, a fixed-step solver: fast.
 # 40 images in global batches of 16: 16, 16, 8 -> each of 2 ranks gets 8, 8, 4.
 TINY = {"limit": 40, "test_limit": 16, "channels": 8, "groups": 4, "batch_size": 16, "padding": 1, "dropout": 0.0,
         "epochs": 2, "method": "rk4", "options": {"step_size": 0.5}}
-
-
-def subprocess_env() -> dict[str, str]:
-    """The test's environment with this checkout's ``src`` first on PYTHONPATH and one thread per process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def cli_args(changes: dict) -> list[str]:
-    args = []
-    for key, value in changes.items():
-        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    return args
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_process_gloo_run_equals_one_process_with_the_same_global_batch(tmp_path):

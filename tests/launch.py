@@ -1,0 +1,33 @@
+"""Helpers for tests that run the command line in subprocesses (trainers killed, DDP launches)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def subprocess_env() -> dict[str, str]:
+    """The test's environment with this checkout's ``src`` first on PYTHONPATH and one thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def cli_args(changes: dict) -> list[str]:
+    """``--set key=value`` for every setting (values JSON-encoded unless they are strings)."""
+    args = []
+    for key, value in changes.items():
+        args += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
