@@ -18,12 +18,28 @@ bad_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-", min_size=1, max_siz
 config_fields = st.sampled_from(["norm", "positional", "operand_bias", "time_bias", "injection", "activation"])
 missing_paths = st.text(alphabet="abcdefgh", min_size=1, max_size=8).map(lambda s: f"missing-{s}/config.json")
 
+# train node: every run field, model field and solver field by flag or --set, each value out of its range.
+non_finite = st.sampled_from(["NaN", "Infinity", "-Infinity", "nan", "inf"])
+bad_floats = st.one_of(non_finite, st.sampled_from(["x", "", "1,5", "[]", "{}", "true"]),
+                       st.floats(max_value=0, allow_nan=False, allow_infinity=False).map(repr))
+int_fields = st.sampled_from(["channels", "epochs", "batch_size", "patience", "limit", "test_limit", "size",
+                              "threads", "groups"])
+float_fields = st.sampled_from(["lr", "rtol", "atol", "t1"])  # must be > 0 and finite
+nonneg_fields = st.sampled_from(["momentum", "weight_decay", "hue", "saturation", "dropout", "padding", "seed"])
+name_fields = st.sampled_from(["norm", "positional", "operand_bias", "time_bias", "injection", "activation", "time",
+                               "method", "data"])
+negative = st.one_of(st.integers(max_value=-1).map(str), st.floats(max_value=-1e-9, allow_nan=False,
+                                                                   allow_infinity=False).map(repr), non_finite)
+
 
 @st.composite
 def bad_command_lines(draw) -> list[str]:
     kind = draw(st.sampled_from(["command", "audit-int", "audit-set", "audit-unknown-key", "audit-model",
                                  "audit-trange", "fix-path", "fix-groups", "reproduce-name", "reproduce-seeds",
-                                 "reproduce-preset", "flag"]))
+                                 "reproduce-preset", "flag", "train-int-flag", "train-float-flag", "train-seed",
+                                 "train-set-int", "train-set-float", "train-set-nonneg", "train-set-name",
+                                 "train-set-key", "train-set-form", "train-preset", "train-data", "train-resume",
+                                 "train-flip", "train-options", "train-flag"]))
     if kind == "command":
         return [draw(bad_names.filter(lambda s: s not in {"audit", "train", "sample", "evaluate", "reproduce",
                                                             "fix"}))]
@@ -49,10 +65,45 @@ def bad_command_lines(draw) -> list[str]:
     if kind == "reproduce-preset":
         return ["reproduce", "node-norm", "--preset", draw(bad_names.filter(lambda s: s not in {"quick", "paper"})),
                 "--out", "out"]
+    if kind == "train-int-flag":
+        return ["train", "node", draw(st.sampled_from(["--epochs", "--batch-size", "--limit"])), draw(bad_ints)]
+    if kind == "train-float-flag":
+        return ["train", "node", draw(st.sampled_from(["--lr", "--rtol", "--atol"])), draw(bad_floats)]
+    if kind == "train-seed":
+        return ["train", "node", "--seed", draw(st.one_of(st.integers(max_value=-1).map(str),
+                                                          st.sampled_from(["x", "1.5", "nan", ""])))]
+    if kind == "train-set-int":  # positive integers: 0, negatives, fractions, booleans, non-finite, text
+        value = draw(st.one_of(st.integers(max_value=0).map(str), st.sampled_from(["1.5", "true", "x", "[1]"]),
+                               non_finite))
+        return ["train", "node", "--set", f"{draw(int_fields)}={value}"]
+    if kind == "train-set-float":
+        return ["train", "node", "--set", f"{draw(float_fields)}={draw(bad_floats)}"]
+    if kind == "train-set-nonneg":
+        field = draw(nonneg_fields)
+        value = draw(st.one_of(negative, st.just("1.5")) if field == "dropout" else negative)
+        return ["train", "node", "--set", f"{field}={value}"]
+    if kind == "train-set-name":
+        return ["train", "node", "--set", f"{draw(name_fields)}={draw(bad_names)}"]
+    if kind == "train-set-key":
+        return ["train", "node", "--set", f"{draw(bad_names)}x=1"]
+    if kind == "train-set-form":
+        return ["train", "node", "--set", draw(st.sampled_from(["norm", "=batch", "", "epochs:3"]))]
+    if kind == "train-preset":
+        return ["train", "node", "--preset", draw(bad_names.filter(lambda s: s not in {"quick", "paper"}))]
+    if kind == "train-data":
+        return ["train", "node", "--data", draw(st.one_of(missing_paths.map(lambda p: p + ".npz"), bad_names))]
+    if kind == "train-resume":
+        return ["train", "node", "--resume", draw(missing_paths).rsplit("/", 1)[0]]
+    if kind == "train-flip":
+        return ["train", "node", "--set", f"flip={draw(st.sampled_from(['1', '0', 'yes', '[]', 'NaN']))}"]
+    if kind == "train-options":
+        return ["train", "node", "--set", f"options={draw(st.sampled_from(['1', '[]', 'null', 'x', '{']))}"]
+    if kind == "train-flag":
+        return ["train", draw(st.sampled_from(["node", "nodes", "ddpmx", ""])), f"--{draw(bad_names)}-flag"]
     return [draw(st.sampled_from(["audit", "fix", "reproduce"])), f"--{draw(bad_names)}-flag"]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=bad_command_lines())
 def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(argv, tmp_path_factory, capsys):
     workdir = tmp_path_factory.mktemp("cli")

@@ -88,7 +88,11 @@ def train_classifier(cfg: NodeRunConfig, out: str | Path, *, resume: bool | str 
         raise ValueError(f"--out {out}: exists and is not a folder")
     found = resolve_resume(out, resume)
     if found is not None:
-        _check_same_run(read_checkpoint_state(found)["state"].get("config", {}), cfg, out)
+        state = read_checkpoint_state(found)["state"]
+        missing = [key for key in ("config", "epoch", "metrics") if key not in state]
+        if missing:
+            raise ValueError(f"{found / 'state.json'}: corrupted checkpoint metadata (no {', '.join(missing)})")
+        _check_same_run(state["config"], cfg, out)
     with _intra_op_threads(cfg.threads):
         return _train(cfg, out, found, progress)
 
