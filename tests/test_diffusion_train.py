@@ -60,6 +60,10 @@ def test_ema_and_raw_weights_differ_and_both_load(tmp_path):
     raw, _ = load_model(tmp_path, raw=True)
     assert meta["step"] == 3 and meta["state"]["unet"] == unet_cfg.to_dict()
     assert any(not torch.equal(p, q) for p, q in zip(ema.parameters(), raw.parameters()))
+    stored = load_tensors(tmp_path / "checkpoints/step-00000003/ema.safetensors")
+    assert all(torch.equal(v, stored[f"module.{k}"]) for k, v in ema.state_dict().items())
+    stored = load_tensors(tmp_path / "checkpoints/step-00000003/model.safetensors")
+    assert all(torch.equal(v, stored[k]) for k, v in raw.state_dict().items())
 
 
 def test_set_overrides_reach_each_config():

@@ -37,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLoss as err:
         print(f"timeaware: error: {err}")
         return 1
-    print(f"trained {summary['step']} steps, last loss {summary['loss']:.4f}; checkpoint {summary['checkpoint']}")
+    loss = "n/a (already trained)" if summary["loss"] is None else f"{summary['loss']:.4f}"
+    print(f"trained {summary['step']} steps, loss over the last 10% {loss}; checkpoint {summary['checkpoint']}")
     return 0

@@ -75,7 +75,9 @@ def load_model(checkpoint: str | Path, raw: bool = False) -> tuple[UNet, dict[st
     if raw:
         load_checkpoint(path, modules={"model": model}, restore_rng=False)
     else:
-        load_checkpoint(path, modules={"ema": AveragedModel(model, use_buffers=True)}, restore_rng=False)
+        ema = AveragedModel(model, use_buffers=True)  # holds a copy of ``model``: the weights land in ema.module
+        load_checkpoint(path, modules={"ema": ema}, restore_rng=False)
+        model = ema.module
     meta["path"] = str(path)
     return model.eval(), meta
 

@@ -8,6 +8,7 @@ so N steps straight and k steps + resume to N give the same bits on the CPU (on 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,10 @@ def _parse(key: str, value: str, current: Any) -> Any:
 
 def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Train a DDPM into ``run_dir`` (checkpoints, metrics.jsonl, config.json); returns a summary."""
+    """Train a DDPM into ``run_dir`` (checkpoints, metrics.jsonl, config.json).
+
+    Returns a summary whose ``loss`` is the mean over the last 10% of the steps run by this call.
+    """
     from torch.optim.lr_scheduler import LambdaLR
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
@@ -158,7 +162,7 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
     model, optimizer = acc.prepare(model, optimizer)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc="ddpm")
     model.train()
-    loss_value = float("nan")
+    recent: deque[float] = deque(maxlen=max(1, cfg.steps // 10))  # the summary's loss: last 10% of steps
     for step in range(start + 1, cfg.steps + 1):
         x0 = _batch(images, cfg, generator).to(acc.device)
         loss = simple_loss(model, scheduler, x0, generator)
@@ -171,6 +175,7 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
         lr_schedule.step()
         ema.update_parameters(acc.unwrap_model(model))
         loss_value = loss.item()
+        recent.append(loss_value)
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -181,7 +186,7 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
                             state={**state, "loss": loss_value})
     bar.close()
     acc.wait_for_everyone()
-    return {"run_dir": str(run_dir), "step": cfg.steps, "loss": loss_value,
+    return {"run_dir": str(run_dir), "step": cfg.steps, "loss": sum(recent) / len(recent) if recent else None,
             "checkpoint": str(latest_checkpoint(run_dir))}
 
 
