@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training import NonFiniteLoss
     from .train import preset, train
 
-    flags = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
-    unet_cfg, cfg = preset(args.preset, args.overrides)
+    flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    unet_cfg, cfg = preset(args.preset, args.overrides, data=args.data)
     cfg = cfg.replace(**{k: v for k, v in flags.items() if v is not None})
     out = args.out or Path("runs") / f"ddpm-{args.preset}"
     try:

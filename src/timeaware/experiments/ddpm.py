@@ -62,8 +62,7 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
             key = f"{row}/seed{seed}"
             if store.done(key):
                 continue
-            unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"])
-            cfg = cfg.replace(data=data or cfg.data)
+            unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
             slug = f"{row.strip('+').replace(' ', '-')}-s{seed}"
             t0 = time.perf_counter()
             summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
