@@ -7,6 +7,7 @@ from timeaware.experiments.ddpm import PAPER, ROWS, audit_model, ddpm_fixes
 from timeaware.experiments.registry import get_experiment
 
 TOY = ("channels=8", "steps=2", "data_limit=32", "batch_size=8")
+SMOKE = {"num": 8, "steps": 5, "classifier_steps": 10}
 
 
 def test_registry_points_at_ddpm_fixes():
@@ -20,14 +21,14 @@ def test_rows_are_the_papers_table_3_plus_scale_shift():
 
 
 def test_quick_ddpm_fixes_writes_table_grids_and_skips_done_runs(tmp_path):
-    table = ddpm_fixes("quick", 1, tmp_path, None, overrides=TOY, eval_num=8, progress=False)
+    table = ddpm_fixes("quick", 1, tmp_path, None, overrides=TOY, evaluation=SMOKE, progress=False)
     assert (tmp_path / "table.md").read_text() == table
     for row in ROWS:
         assert f"| {row} | 1 |" in table
-    assert "3.238" in table and "**not FID**" in table and "8 samples (ddim-50, ema weights" in table
+    assert "3.238" in table and "**not FID**" in table and "8 samples (ddim-5, ema weights" in table
     assert len(list((tmp_path / "grids").glob("*.png"))) == len(ROWS)
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    ddpm_fixes("quick", 1, tmp_path, None, overrides=TOY, eval_num=8, progress=False)
+    ddpm_fixes("quick", 1, tmp_path, None, overrides=TOY, evaluation=SMOKE, progress=False)
     assert (tmp_path / "results.jsonl").read_text().splitlines() == lines
 
 

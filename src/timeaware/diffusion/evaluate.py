@@ -35,6 +35,7 @@ class EvalSettings:
     data: str = "digits"
     reference_split: str = "train"
     classifier: Path | None = None        # FD-classifier weights (trained and cached here when absent)
+    classifier_steps: int = 400           # training steps of that classifier when it is absent
     inception_weights: Path | None = None  # pt_inception-2015-12-05 file for FID / IS
     batch_size: int = 256
 
@@ -66,7 +67,7 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema") -> tuple
             path = settings.classifier or Path("runs/classifiers") / f"{reference.name}-{cfg.image_size}.safetensors"
             train = load_images(settings.data, "train", cfg.image_size)
             test = load_images(settings.data, "test", cfg.image_size)
-            net, info = classifier_for(path, train, test)
+            net, info = classifier_for(path, train, test, steps=settings.classifier_steps)
             extractor = f"classifier {path} (test accuracy {info['test_accuracy']:.3f}, d={net.num_features})"
             records.append({"metric": LABELS[metric], "value": frechet_distance(net, reference.x, fake),
                             "protocol": protocol(metric, extractor)})

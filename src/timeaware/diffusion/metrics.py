@@ -71,8 +71,9 @@ def train_classifier(train: ImageData, test: ImageData, steps: int = 400, batch_
     return model, accuracy
 
 
-def classifier_for(path: str | Path, train: ImageData, test: ImageData) -> tuple[FeatureClassifier, dict[str, Any]]:
-    """Load the feature classifier at ``path`` (.safetensors + .json), training and saving it if absent."""
+def classifier_for(path: str | Path, train: ImageData, test: ImageData,
+                   steps: int = 400) -> tuple[FeatureClassifier, dict[str, Any]]:
+    """Load the feature classifier at ``path`` (.safetensors + .json), training it for ``steps`` if absent."""
     path = Path(path)
     info_path = path.with_suffix(".json")
     shape = list(train.x.shape[1:])
@@ -84,9 +85,9 @@ def classifier_for(path: str | Path, train: ImageData, test: ImageData) -> tuple
         model = FeatureClassifier(**info["config"])
         model.load_state_dict(load_tensors(path))
         return model.eval(), info
-    model, accuracy = train_classifier(train, test)
+    model, accuracy = train_classifier(train, test, steps=steps)
     info = {"config": model.config, "data": train.name, "image_shape": shape, "test_accuracy": accuracy,
-            "path": str(path)}
+            "steps": steps, "path": str(path)}
     save_tensors(path, model.state_dict())
     write_json(info_path, info)
     return model, info

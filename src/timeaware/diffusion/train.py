@@ -35,7 +35,6 @@ class TrainConfig:
     """How to train; defaults are the paper's (Ho et al. 2020 and section 4.2 of the paper)."""
 
     data: str = "cifar10"          # dataset name or .npz path (see timeaware.data)
-    image_size: int | None = None  # resize to size×size (None: as stored)
     data_limit: int | None = None  # use a random subset of this many training images
     steps: int = 1_300_000
     batch_size: int = 128
@@ -61,7 +60,7 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
     # paper's 128/32, and an EMA short enough to matter after a few hundred steps (~1.5 min on one core).
     "quick": (UNetConfig(image_size=8, in_channels=1, channels=32, channel_mult=(1, 2), num_res_blocks=1,
                          attn_resolutions=(4,), dropout=0.1, time=ddpm_time_config().replace(groups=8)),
-              TrainConfig(data="digits", image_size=8, steps=500, batch_size=64, lr=1e-3, warmup=50,
+              TrainConfig(data="digits", steps=500, batch_size=64, lr=1e-3, warmup=50,
                           ema_decay=0.99, checkpoint_every=250, log_every=25)),
 }
 # the quick preset on RGB data (CIFAR-10 .npz): a 10k-image subset at 16×16, still minutes on a CPU
@@ -141,11 +140,10 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
     run_dir = Path(run_dir)
     acc = make_accelerator()
     seed_everything(cfg.seed)
-    data = load_images(cfg.data, "train", cfg.image_size).subset(cfg.data_limit, seed=cfg.seed)
-    shape = (unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
-    if tuple(data.x.shape[1:]) != shape:
-        raise ValueError(f"data {data.name} has images of shape {tuple(data.x.shape[1:])} but the U-Net expects "
-                         f"{shape}; set image_size / in_channels to match")
+    data = load_images(cfg.data, "train", unet_cfg.image_size).subset(cfg.data_limit, seed=cfg.seed)
+    if data.x.shape[1] != unet_cfg.in_channels:
+        raise ValueError(f"data {data.name} has {data.x.shape[1]} channels but the U-Net expects "
+                         f"{unet_cfg.in_channels}; set in_channels={data.x.shape[1]}")
     images = to_model_range(data.x)
     model = UNet(unet_cfg)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)

@@ -45,8 +45,12 @@ EVAL = {"quick": {"num": 512, "sampler": "ddim", "steps": 50},
 
 
 def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, overrides: tuple[str, ...] = (),
-               eval_num: int | None = None, progress: bool = True) -> str:
-    """Train, sample, score and audit every row × seed into ``out``; returns the table (also table.md)."""
+               evaluation: dict[str, Any] | None = None, progress: bool = True) -> str:
+    """Train, sample, score and audit every row × seed into ``out``; returns the table (also table.md).
+
+    ``overrides`` are ``--set`` pairs applied to every row; ``evaluation`` changes ``EvalSettings`` fields
+    of the preset's protocol (num, sampler, steps, classifier_steps): both are for smaller smoke runs.
+    """
     from ..diffusion.evaluate import EvalSettings, evaluate
     from ..diffusion.sampling import grid, load_model, save_png
     from ..diffusion.train import preset as make_preset
@@ -68,10 +72,8 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
             summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
             t1 = time.perf_counter()
             model, _ = load_model(out / "runs" / slug)
-            scale = EVAL[preset]
-            settings = EvalSettings(metrics=metrics, num=eval_num or scale["num"], sampler=scale["sampler"],
-                                    steps=scale["steps"], seed=seed, data=cfg.data,
-                                    classifier=out / "classifier.safetensors",
+            settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=seed,
+                                    data=cfg.data, classifier=out / "classifier.safetensors",
                                     inception_weights=Path(inception) if inception else None)
             scores, samples = evaluate(model, settings)
             save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
