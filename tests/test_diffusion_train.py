@@ -97,3 +97,15 @@ def test_paper_preset_is_the_paper_recipe():
 def test_bad_overrides_are_one_line_errors(pair, message):
     with pytest.raises(ValueError, match=message):
         preset("quick", [pair])
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from timeaware.diffusion import train as train_module
+    from timeaware.training import NonFiniteLoss, latest_checkpoint
+
+    unet_cfg, cfg = tiny_preset("steps=2", "checkpoint_every=1")
+    train(tmp_path, unet_cfg, cfg.replace(steps=1), progress=False)
+    monkeypatch.setattr(train_module, "simple_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(NonFiniteLoss, match="at step 2"):
+        train(tmp_path, unet_cfg, cfg, resume=True, progress=False)
+    assert latest_checkpoint(tmp_path).name == "step-00000001"

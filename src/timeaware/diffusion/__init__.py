@@ -5,8 +5,8 @@ The names below are the public API; the modules behind them may change.
 
 from .ddpm import Schedule, make_scheduler, simple_loss
 from .sampling import load_model, sample, save_images
-from .train import PRESETS, TrainConfig, preset, train
+from .train import PRESETS, TrainConfig, preset  # train(): timeaware.diffusion.train.train
 from .unet import UNet, UNetConfig, ddpm_time_config
 
 __all__ = ["PRESETS", "Schedule", "TrainConfig", "UNet", "UNetConfig", "ddpm_time_config", "load_model",
-           "make_scheduler", "preset", "sample", "save_images", "simple_loss", "train"]
+           "make_scheduler", "preset", "sample", "save_images", "simple_loss"]
