@@ -117,8 +117,10 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
         store.append(record)
     failed = [r["key"] for r in _current(store, preset, base) if "error" in r]
     note = ("\nNFE-F / NFE-B: mean function evaluations per training batch in the last epoch (forward / adjoint "
-            "solve); the paper's NFE is shown beside NFE-F. survival, time share: the audit of the ODE function's "
-            "norms (mean over them).\n" + "".join(f"\nfailed: {k} (see results.jsonl)" for k in failed))
+            "solve); the paper's NFE is shown beside NFE-F. survival, time share: the audit of the norms "
+            "right after a time injection (mean over them; survival without the zero-padding border, as the "
+            "verdicts read it; train mode, one t per batch).\n"
+            + "".join(f"\nfailed: {k} (see results.jsonl)" for k in failed))
     table = markdown_table(_current(store, preset, base), group="setting", metrics=METRICS,
                            order=[s.name for s in settings], title=f"{name} ({preset}, {_data_label(base)}): {title}",
                            paper={k: {"test_acc": a, "nfe_forward": n} for k, (a, n) in paper.items()}) + note
@@ -133,7 +135,7 @@ def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
     statistics that cancel ConcatConv's offset; in eval mode its running mean, averaged over t, would not.
     """
     try:
-        from ..awareness import audit
+        from ..awareness import audit, find_vanishing_sites
     except ImportError as err:
         return {"survival": None, "time_share": None, "time_share_pct": None,
                 "audit_note": f"audit unavailable ({err})"}
@@ -142,9 +144,12 @@ def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
         z0 = model.initial_state(images.to(next(model.parameters()).device))
     times = torch.linspace(0.0, model.block.solver.t1, AUDIT_TIMES, dtype=z0.dtype, device=z0.device)
     report = audit(model.block.func, z0, times, call="tx", mode="train")
-    norms = [layer for layer in report.layers if "norm" in layer.name] or list(report.layers)
+    after_time = {site.norm for site in find_vanishing_sites(model.block.func)}
+    norms = [layer for layer in report.layers if layer.name in after_time] or list(report.layers)
     share = _finite_mean(layer.time_share for layer in norms)
-    return {"survival": _finite_mean(layer.survival for layer in norms), "time_share": share,
+    # the survival the verdicts read: without the zero-padding border where ConcatConv leaks t
+    judged = (layer.survival if math.isnan(layer.interior_survival) else layer.interior_survival for layer in norms)
+    return {"survival": _finite_mean(judged), "time_share": share,
             "time_share_pct": None if share is None else 100 * share,
             "audit": {layer.name: {"survival": layer.survival, "time_share": layer.time_share,
                                    "verdict": layer.verdict} for layer in report.layers}}

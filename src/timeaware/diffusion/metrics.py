@@ -1,0 +1,173 @@
+"""Sample quality through torchmetrics: FID and Inception Score, and an offline "FD-classifier".
+
+* FID / IS: torchmetrics' ``FrechetInceptionDistance`` and ``InceptionScore`` on the standard
+  pt_inception-2015-12-05 weights. They need torch-fidelity and a local weights file (nothing is
+  downloaded here); without them ``require_inception`` fails with one line saying how to provide them.
+* FD-classifier: the same Fréchet distance (torchmetrics' FID with ``feature=`` a module) in the
+  penultimate layer of a small classifier trained on the same data. It runs anywhere in seconds, but it
+  is *not* FID and its numbers are not comparable to published FIDs; it is always labelled "FD-classifier".
+
+Every score is returned with its protocol (samples, reference split, sampler and steps, EMA or raw
+weights, feature extractor) so no number travels without the way it was measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data import ImageData
+from ..io import load_tensors, read_json, save_tensors, write_json
+
+METRICS = ("fd-classifier", "fid", "is")
+LABELS = {"fd-classifier": "FD-classifier", "fid": "FID", "is": "IS"}
+INCEPTION_HELP = ("FID/IS need torch-fidelity and local Inception weights: install timeaware[fid] and pass "
+                  "--inception-weights PATH to a pt_inception-2015-12-05 file (or use --metric fd-classifier)")
+
+
+class FeatureClassifier(nn.Module):
+    """A small CNN classifier whose global-average-pooled features define the FD-classifier space."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
+        self.num_features = 2 * width  # read by torchmetrics' FID
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.GroupNorm(8, width), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GroupNorm(8, 2 * width), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, d) features of images in [0, 1] (what torchmetrics calls on a custom ``feature`` module)."""
+        return self.body(images)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images))
+
+
+def train_classifier(train: ImageData, test: ImageData, steps: int = 400, batch_size: int = 128,
+                     seed: int = 0) -> tuple[FeatureClassifier, float]:
+    """Train the feature classifier (Adam, a few hundred steps); returns it and its test accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = FeatureClassifier(train.x.shape[1], train.num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, len(train), (batch_size,), generator=g)
+        loss = F.cross_entropy(model.logits(train.x[idx]), train.y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model.logits(test.x).argmax(1) == test.y).float().mean().item()
+    return model, accuracy
+
+
+def classifier_for(path: str | Path, train: ImageData, test: ImageData,
+                   steps: int = 400) -> tuple[FeatureClassifier, dict[str, Any]]:
+    """Load the feature classifier at ``path`` (.safetensors + .json), training it for ``steps`` if absent."""
+    path = Path(path)
+    info_path = path.with_suffix(".json")
+    shape = list(train.x.shape[1:])
+    if path.is_file() and info_path.is_file():
+        info = read_json(info_path)
+        if info["data"] != train.name or info["image_shape"] != shape:
+            raise ValueError(f"{path}: was trained on {info['data']} {info['image_shape']}, not {train.name} {shape}; "
+                             "pass another --classifier path")
+        model = FeatureClassifier(**info["config"])
+        model.load_state_dict(load_tensors(path))
+        return model.eval(), info
+    model, accuracy = train_classifier(train, test, steps=steps)
+    info = {"config": model.config, "data": train.name, "image_shape": shape, "test_accuracy": accuracy,
+            "steps": steps, "path": str(path)}
+    save_tensors(path, model.state_dict())
+    write_json(info_path, info)
+    return model, info
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a score was measured; stored next to every number."""
+
+    metric: str              # FID | IS | FD-classifier
+    num_samples: int
+    reference: str           # e.g. "digits train (1437 images)"
+    sampler: str
+    steps: int
+    weights: str             # ema | raw
+    feature_extractor: str   # e.g. "Inception-v3 pt_inception-2015-12-05" or "classifier (acc 0.97) runs/..."
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.metric}: {self.num_samples} samples ({self.sampler}-{self.steps}, {self.weights} weights, "
+                f"seed {self.seed}) vs {self.reference}; features: {self.feature_extractor}")
+
+
+def frechet_distance(features: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500) -> float:
+    """Fréchet distance between ``features(real)`` and ``features(fake)`` via torchmetrics' FID."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=features, normalize=True)
+    with torch.no_grad():
+        for images, is_real in ((real, True), (fake, False)):
+            for chunk in images.split(batch_size):
+                metric.update(chunk, real=is_real)
+        return float(metric.compute())
+
+
+def require_inception(weights: str | Path | None) -> Path:
+    """The Inception weights path, or a one-line ValueError saying how to provide them."""
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not _TORCH_FIDELITY_AVAILABLE or weights is None:
+        raise ValueError(INCEPTION_HELP)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Inception weights file; {INCEPTION_HELP}")
+    return path
+
+
+def _inception_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images → uint8 RGB, the input torchmetrics' Inception expects (gray repeated to 3 channels)."""
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor, weights: str | Path | None, batch_size: int = 100) -> float:
+    """FID with torchmetrics on local pt_inception-2015-12-05 weights."""
+    path = require_inception(weights)
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
+    with torch.no_grad():
+        for images, is_real in ((real, True), (fake, False)):
+            for chunk in images.split(batch_size):
+                metric.update(_inception_uint8(chunk), real=is_real)
+        return float(metric.compute())
+
+
+def inception_score(fake: torch.Tensor, weights: str | Path | None, splits: int = 10,
+                    batch_size: int = 100) -> tuple[float, float]:
+    """Inception Score (mean, std over splits) with torchmetrics on local weights."""
+    path = require_inception(weights)
+    from torchmetrics.image.fid import NoTrainInceptionV3
+    from torchmetrics.image.inception import InceptionScore
+
+    net = NoTrainInceptionV3("inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(path))
+    metric = InceptionScore(feature=net, splits=splits)
+    with torch.no_grad():
+        for chunk in fake.split(batch_size):
+            metric.update(_inception_uint8(chunk))
+        mean, std = metric.compute()
+    return float(mean), float(std)

@@ -1,0 +1,41 @@
+"""Sample images from a trained DDPM (EMA weights unless --raw): one PNG per image and a grid.
+
+  timeaware sample runs/ddpm-quick --sampler ddim --steps 50 --num 64 --out samples/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .ddpm import SAMPLERS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a run folder (its latest checkpoint) or a checkpoint folder")
+    add_sampling_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="folder for 00000.png ... and grid.png")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling options shared with ``timeaware evaluate``."""
+    parser.add_argument("--sampler", default="ddim", help=f"{' | '.join(SAMPLERS)} (default ddim)")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; DDPM's own: 1000)")
+    parser.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler noise (default 0)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    parser.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .sampling import load_model, sample, save_images
+
+    if args.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler {args.sampler!r} is not allowed; choose one of {', '.join(SAMPLERS)}")
+    model, meta = load_model(args.checkpoint, raw=args.raw)
+    images = sample(model, args.num, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                    batch_size=args.batch_size, progress=True)
+    grid_path = save_images(images, args.out)
+    print(f"{args.num} images ({args.sampler}-{args.steps}, {'raw' if args.raw else 'ema'} weights, "
+          f"step {meta['step']}, seed {args.seed}) in {args.out}; grid {grid_path}")
+    return 0

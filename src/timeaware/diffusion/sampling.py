@@ -1,0 +1,116 @@
+"""Sampling with diffusers' schedulers, seeded and reproducible, and image files (PNGs and a grid).
+
+``sample`` draws x_T and every sampler noise from one ``torch.Generator``, so the same seed, count and
+batch size give identical images. ``load_model`` rebuilds a trained U-Net from a checkpoint, with its EMA
+weights unless asked for the raw ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..io import atomic_write, read_json
+from ..training import latest_checkpoint, load_checkpoint
+from .ddpm import Schedule, make_scheduler, to_image_range
+from .unet import UNet, UNetConfig
+
+
+@torch.no_grad()
+def sample(model: nn.Module, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+           batch_size: int = 256, schedule: Schedule | None = None, progress: bool = False) -> torch.Tensor:
+    """``num`` images in [0, 1], shape (num, C, H, W), from ``model`` with a diffusers ``sampler``."""
+    if num < 1 or steps < 1 or batch_size < 1:
+        raise ValueError(f"num={num}, steps={steps}, batch_size={batch_size}: each must be a positive integer")
+    cfg: UNetConfig = model.config
+    scheduler = make_scheduler(sampler, schedule)
+    limit = scheduler.config.num_train_timesteps
+    if steps > limit:
+        raise ValueError(f"steps={steps} is not allowed; the schedule has {limit} timesteps")
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, num, batch_size):
+            n = min(batch_size, num - start)
+            scheduler.set_timesteps(steps)
+            x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator).to(device)
+            timesteps = scheduler.timesteps
+            if progress:
+                from tqdm.auto import tqdm
+
+                timesteps = tqdm(timesteps, desc=f"{sampler} {start + n}/{num}", leave=False)
+            for t in timesteps:
+                eps = model(x, t.expand(n).to(device))
+                x = scheduler.step(eps, t, x, generator=generator).prev_sample
+            out.append(to_image_range(x).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def load_model(checkpoint: str | Path, raw: bool = False) -> tuple[UNet, dict[str, Any]]:
+    """The U-Net of a checkpoint folder or run folder, with EMA weights (or the raw ones), in eval mode."""
+    from torch.optim.swa_utils import AveragedModel
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if not (path / "state.json").is_file():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint found (expected state.json or checkpoints/latest)")
+        path = found
+    meta = read_json(path / "state.json")
+    if "unet" not in meta.get("state", {}):
+        raise ValueError(f"{path}: not a DDPM checkpoint (its state.json has no 'unet' config)")
+    model = UNet(UNetConfig.from_dict(meta["state"]["unet"]))
+    if raw:
+        load_checkpoint(path, modules={"model": model}, restore_rng=False)
+    else:
+        ema = AveragedModel(model, use_buffers=True)  # holds a copy of ``model``: the weights land in ema.module
+        load_checkpoint(path, modules={"ema": ema}, restore_rng=False)
+        model = ema.module
+    meta["path"] = str(path)
+    return model.eval(), meta
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] → (N, H, W, C) uint8."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def grid(images: torch.Tensor, ncols: int | None = None, pad: int = 2) -> torch.Tensor:
+    """Tile (N, C, H, W) images into one (C, H', W') image with ``pad`` pixels of white between them."""
+    n, c, h, w = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    canvas = torch.ones(c, nrows * (h + pad) + pad, ncols * (w + pad) + pad)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncols)
+        canvas[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
+    return canvas
+
+
+def save_png(path: str | Path, image: torch.Tensor) -> Path:
+    """Write one (C, H, W) image in [0, 1] as PNG, atomically."""
+    from PIL import Image
+
+    arr = to_uint8(image[None])[0]
+    pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    return atomic_write(path, lambda p: pil.save(p, format="PNG"))
+
+
+def save_images(images: torch.Tensor, out: str | Path, grid_name: str = "grid.png", grid_max: int = 64) -> Path:
+    """PNG per image (``00000.png`` ...) plus a grid of the first ``grid_max``; returns the grid path."""
+    out = Path(out)
+    for i, img in enumerate(images):
+        save_png(out / f"{i:05d}.png", img)
+    return save_png(out / grid_name, grid(images[:grid_max]))

@@ -1,0 +1,234 @@
+"""The DDPM U-Net (Ho et al. 2020) with the paper's three fixes as fields of one shared ``TimeAware`` config.
+
+Every residual block is GN–Act–Conv–Emb–GN–Act–Dropout–Conv (+skip), the pipeline the paper shows to
+lose its timestep embedding in the second GroupNorm. The knobs, all read from ``UNetConfig.time``:
+
+* ``positional="mlp"`` (fix 1): the paper's Figure 5 parallel branch, sinusoidal features → MLP → H×W map,
+  added next to the per-channel embedding. One branch per resolution, shared by the blocks at that
+  resolution, so the parameter count grows by well under 1%.
+* ``operand_bias="zero"`` (fix 2): zero bias on the convs of the operand branch of every residual block.
+* ``groups`` (fix 3): the groups of every GroupNorm.
+* ``injection="scale_shift"``: the compared variant, time applied after the norm (h·(1+s) + b).
+
+The default ``UNetConfig()`` is the DDPM CIFAR-10 model (35.7M parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import TimeAware, check_positive
+from ..embeddings import TimestepMLP, as_time, make_activation, make_time_map
+from ..layers import ScaleShift, TimeConv2d, make_norm
+
+
+def ddpm_time_config() -> TimeAware:
+    """DDPM's defaults: GroupNorm(32), Swish, time added before the norm, PyTorch's bias init."""
+    return TimeAware(norm="group", groups=32, activation="silu")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the U-Net; ``time`` holds the paper's knobs. Defaults: DDPM CIFAR-10 (Ho et al. 2020)."""
+
+    image_size: int = 32                       # H = W of the input
+    in_channels: int = 3                       # 3 for RGB, 1 for digits
+    channels: int = 128                        # base width
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)  # width multiplier per resolution
+    num_res_blocks: int = 2                    # residual blocks per resolution on the way down
+    attn_resolutions: tuple[int, ...] = (16,)  # resolutions with self-attention
+    dropout: float = 0.1
+    time: TimeAware = field(default_factory=ddpm_time_config)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "channels", "num_res_blocks"):
+            check_positive(name, getattr(self, name))
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        if not self.channel_mult:
+            raise ValueError("channel_mult=() is not allowed; give at least one multiplier")
+        for m in self.channel_mult:
+            check_positive("channel_mult", m)
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(f"image_size={self.image_size} is not allowed with {len(self.channel_mult)} "
+                             f"resolutions; it must be divisible by {2 ** (len(self.channel_mult) - 1)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} is not allowed; it must be in [0, 1)")
+        if isinstance(self.time, dict):
+            object.__setattr__(self, "time", TimeAware.from_dict(self.time))
+        if self.time.positional == "linear":
+            raise ValueError("positional='linear' is not allowed in the U-Net: t·P is the NODE form for t in [0, 1] "
+                             "and would swamp the features at t ~ 1000; choose one of none, mlp")
+        for c in {self.channels * m for m in self.channel_mult}:
+            self.time.check_channels(c)
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [self.image_size // 2**i for i in range(len(self.channel_mult))]
+
+    def replace(self, **changes: Any) -> UNetConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["channel_mult"], data["attn_resolutions"] = list(self.channel_mult), list(self.attn_resolutions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown UNetConfig field {unknown[0]!r}; allowed: "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**data)
+
+
+class ResBlock(nn.Module):
+    """GN–Act–Conv–Emb–GN–Act–Dropout–Conv (+skip): DDPM's residual block, built from ``config`` alone.
+
+    With ``injection="add"`` the per-channel embedding is added right after the first conv (the paper's
+    site, followed by GroupNorm); with ``"scale_shift"`` it is applied after that GroupNorm instead.
+    The positional map ``pos`` (fix 1) is computed once per resolution by the U-Net and added beside it.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, config: TimeAware) -> None:
+        super().__init__()
+        scale_shift = config.injection == "scale_shift"
+        self.norm1, self.act = make_norm(config, in_ch), make_activation(config.activation)
+        # the positional map is shared per resolution, so the conv itself carries none
+        self.conv1 = TimeConv2d(in_ch, out_ch, 3, config=config.replace(positional="none"),
+                                offset="none" if scale_shift else "embedding", emb_dim=emb_dim)
+        self.norm2 = make_norm(config, out_ch)
+        self.scale_shift = ScaleShift(out_ch, emb_dim, config) if scale_shift else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        if config.operand_bias == "zero":
+            for conv in (self.conv2, self.skip):
+                if isinstance(conv, nn.Conv2d):
+                    nn.init.zeros_(conv.bias)
+
+    def operand_convs(self) -> list[nn.Conv2d]:
+        """The convs of the operand branch (those fix 2 starts at zero bias)."""
+        return [c for c in (self.conv1.conv, self.conv2, self.skip) if isinstance(c, nn.Conv2d)]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)), t, emb)
+        if pos is not None:
+            h = h + pos
+        h = self.norm2(h)
+        if self.scale_shift is not None:
+            h = self.scale_shift(h, emb)
+        h = self.conv2(self.dropout(self.act(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over pixels (DDPM's AttnBlock), fused via ``scaled_dot_product_attention``."""
+
+    def __init__(self, channels: int, config: TimeAware) -> None:
+        super().__init__()
+        self.norm = make_norm(config, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Stage(nn.Module):
+    """The blocks at one resolution: residual blocks, each followed by attention where configured."""
+
+    def __init__(self, blocks: list[ResBlock], attn: list[Attention | None]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList(a if a is not None else nn.Identity() for a in attn)
+
+
+class UNet(nn.Module):
+    """ε-prediction U-Net: ``model(x_t, t)`` with t a (B,) tensor of integer or float timesteps."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        tc, ch, emb_dim = cfg.time, cfg.channels, 4 * cfg.channels
+        self.time_embed = TimestepMLP(ch, emb_dim, tc)
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.time_maps = nn.ModuleDict({str(r): make_time_map(tc, (r, r)) for r in cfg.resolutions}
+                                       if tc.positional != "none" else {})
+
+        def res(i: int, o: int) -> ResBlock:
+            return ResBlock(i, o, emb_dim, cfg.dropout, tc)
+
+        def attn(r: int, c: int) -> Attention | None:
+            return Attention(c, tc) if r in cfg.attn_resolutions else None
+
+        widths, skips, c = [ch * m for m in cfg.channel_mult], [ch], ch
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        for level, (r, w) in enumerate(zip(cfg.resolutions, widths)):
+            blocks = []
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(res(c, w))
+                c = w
+                skips.append(c)
+            self.down.append(Stage(blocks, [attn(r, c) for _ in blocks]))
+            last = level == len(widths) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
+            if not last:
+                skips.append(c)
+        self.mid = Stage([res(c, c), res(c, c)], [Attention(c, tc), None])
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            r, w, blocks = cfg.resolutions[level], widths[level], []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(res(c + skips.pop(), w))
+                c = w
+            self.up.append(Stage(blocks, [attn(r, c) for _ in blocks]))
+            self.upsample.append(nn.Identity() if level == 0 else nn.Conv2d(c, c, 3, padding=1))
+        self.out = nn.Sequential(make_norm(tc, c), make_activation(tc.activation),
+                                 nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+
+    def positional_maps(self, t: torch.Tensor) -> dict[int, torch.Tensor | None]:
+        """p(t) per resolution (fix 1), or None everywhere when ``positional="none"``."""
+        return {r: self.time_maps[str(r)](t) if self.time_maps else None for r in self.config.resolutions}
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        cfg = self.config
+        if x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
+            raise ValueError(f"input has shape {tuple(x.shape[1:])}; this U-Net expects "
+                             f"({cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
+        t = as_time(t, x.shape[0], x)
+        emb, pos = self.time_embed(t), self.positional_maps(t)
+        h = self.conv_in(x)
+        hs = [h]
+        for r, stage, down in zip(cfg.resolutions, self.down, self.downsample):
+            for block, attn in zip(stage.blocks, stage.attn):
+                h = attn(block(h, t, emb, pos[r]))
+                hs.append(h)
+            if not isinstance(down, nn.Identity):
+                h = down(h)
+                hs.append(h)
+        for block, attn in zip(self.mid.blocks, self.mid.attn):
+            h = attn(block(h, t, emb, pos[cfg.resolutions[-1]]))
+        for r, stage, up in zip(reversed(cfg.resolutions), self.up, self.upsample):
+            for block, attn in zip(stage.blocks, stage.attn):
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), t, emb, pos[r]))
+            if not isinstance(up, nn.Identity):
+                h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.out(h)
+
+    def res_blocks(self) -> list[ResBlock]:
+        return [m for m in self.modules() if isinstance(m, ResBlock)]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
