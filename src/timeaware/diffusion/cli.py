@@ -8,6 +8,7 @@ Any TimeAware, U-Net or training field can be overridden with --set, e.g.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -21,11 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/ddpm-PRESET)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
+                        help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "
+                             "fresh when --out has none) or from a checkpoint / run folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import NonFiniteLoss
+    from ..training import NonFiniteLoss, is_main_process
     from .train import preset, train
 
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -33,10 +36,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = cfg.replace(**{k: v for k, v in flags.items() if v is not None})
     out = args.out or Path("runs") / f"ddpm-{args.preset}"
     try:
-        summary = train(out, unet_cfg, cfg, resume=args.resume)
-    except NonFiniteLoss as err:
-        print(f"timeaware: error: {err}")
-        return 1
+        summary = train(out, unet_cfg, cfg, resume=args.resume or False)
+    except NonFiniteLoss as err:  # a RuntimeError, which the dispatcher would show as a traceback
+        if is_main_process():
+            print(f"timeaware: error: {err}", file=sys.stderr)
+        return 2
+    if not is_main_process():
+        return 0
     loss = "n/a (already trained)" if summary["loss"] is None else f"{summary['loss']:.4f}"
     print(f"trained {summary['step']} steps, loss over the last 10% {loss}; checkpoint {summary['checkpoint']}")
     return 0
+

@@ -16,13 +16,19 @@ from typing import Any
 import torch
 
 from ..config import TimeAware, field_names
+from ..data import SOURCES
 from ..io import write_json
 from ..training import (
     MetricsLog,
     check_finite,
+    check_int,
+    check_number,
     latest_checkpoint,
     load_checkpoint,
     make_accelerator,
+    read_checkpoint_state,
+    resolve_resume,
+    rewind_to,
     save_checkpoint,
     seed_everything,
 )
@@ -46,6 +52,21 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     log_every: int = 100
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            check_int(name, getattr(self, name), 1)
+        check_int("warmup", self.warmup, 0)
+        check_int("seed", self.seed, 0)
+        if self.data_limit is not None:
+            check_int("data_limit", self.data_limit, 1)
+        check_number("lr", self.lr, 0.0, low_open=True)
+        check_number("grad_clip", self.grad_clip, 0.0)
+        check_number("ema_decay", self.ema_decay, 0.0, 1.0)
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"flip={self.flip!r} is not allowed; it must be true or false")
+        if not isinstance(self.data, str) or not (self.data in SOURCES or self.data.endswith(".npz")):
+            raise ValueError(f"data={self.data!r} is not allowed; choose one of {', '.join(SOURCES)} or a .npz path")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -122,10 +143,13 @@ def _parse(key: str, value: str, current: Any) -> Any:
                          f"{' (comma-separated ints)' if isinstance(current, tuple) else ''}") from None
 
 
-def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume: bool = False,
+def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume: bool | str | Path = False,
           progress: bool = True) -> dict[str, Any]:
     """Train a DDPM into ``run_dir`` (checkpoints, metrics.jsonl, config.json).
 
+    ``resume``: False, True / ``"latest"`` or a checkpoint folder, as ``timeaware.training.resolve_resume``.
+    Under DDP every process draws its own batches from its own stream; all the streams are checkpointed,
+    so a resumed distributed run continues exactly too (with the same number of processes).
     Returns a summary whose ``loss`` is the mean over the last 10% of the steps run by this call.
     """
     from torch.optim.lr_scheduler import LambdaLR
@@ -134,37 +158,38 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
 
     from ..data import load_images
 
-    for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name}={getattr(cfg, name)} is not allowed; it must be a positive integer")
     run_dir = Path(run_dir)
-    acc = make_accelerator()
-    seed_everything(cfg.seed)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir}: exists and is not a folder")
+    found = resolve_resume(run_dir, resume)  # bad input fails here and below, before a process group or a file
     data = load_images(cfg.data, "train", unet_cfg.image_size).subset(cfg.data_limit, seed=cfg.seed)
     if data.x.shape[1] != unet_cfg.in_channels:
         raise ValueError(f"data {data.name} has {data.x.shape[1]} channels but the U-Net expects "
                          f"{unet_cfg.in_channels}; set in_channels={data.x.shape[1]}")
+    acc = make_accelerator()
+    seed_everything(cfg.seed)
     images = to_model_range(data.x)
     model = UNet(unet_cfg)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_schedule = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup) if cfg.warmup > 0 else 1.0)
-    # one stream per process for batches, flips, t and ε; the main process's stream is checkpointed
+    # one stream per process for batches, flips, t and ε; every process's stream is checkpointed
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
+    stream = "data" if acc.process_index == 0 else f"data.rank{acc.process_index}"
     scheduler = make_scheduler("ddpm")
     state = {"unet": unet_cfg.to_dict(), "train": cfg.to_dict(), "schedule": Schedule().to_dict()}
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
     start = 0
-    found = latest_checkpoint(run_dir) if resume else None
     if found is not None:
-        meta = load_checkpoint(found, modules={"model": model, "ema": ema}, optimizer=optimizer,
-                               scheduler=lr_schedule, generators={"data": generator})
-        if meta["state"].get("unet") != state["unet"]:
+        if read_checkpoint_state(found)["state"].get("unet") != state["unet"]:
             raise ValueError(f"{found}: was trained with a different U-Net config; resume with the same --set values")
+        meta = load_checkpoint(found, modules={"model": model, "ema": ema}, optimizer=optimizer,
+                               scheduler=lr_schedule, generators={stream: generator})
         start = meta["step"]
-        log.truncate_after("step", start)
-    elif acc.is_main_process and latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+        if acc.is_main_process:
+            rewind_to(run_dir, found)
+            log.truncate_after("step", start)
+        acc.wait_for_everyone()
     if acc.is_main_process:
         write_json(run_dir / "config.json", state)
     model, optimizer = acc.prepare(model, optimizer)
@@ -174,7 +199,7 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
     for step in range(start + 1, cfg.steps + 1):
         x0 = _batch(images, cfg, generator).to(acc.device)
         loss = simple_loss(model, scheduler, x0, generator)
-        check_finite(loss, step)
+        check_finite(acc.reduce(loss.detach(), "sum"), step)  # every process stops at the same step
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         if cfg.grad_clip > 0:
@@ -188,14 +213,26 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
         if step % cfg.log_every == 0 or step == cfg.steps:
             bar.set_postfix(loss=f"{loss_value:.4f}")
             log.write({"step": step, "loss": loss_value, "lr": lr_schedule.get_last_lr()[0]})
-        if acc.is_main_process and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            save_checkpoint(run_dir, step=step, modules={"model": acc.unwrap_model(model), "ema": ema},
-                            optimizer=optimizer, scheduler=lr_schedule, generators={"data": generator},
-                            state={**state, "loss": loss_value})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            streams = _all_streams(acc, generator)  # a collective: every process takes part
+            if acc.is_main_process:
+                save_checkpoint(run_dir, step=step, modules={"model": acc.unwrap_model(model), "ema": ema},
+                                optimizer=optimizer, scheduler=lr_schedule, generators=streams,
+                                state={**state, "loss": loss_value})
     bar.close()
     acc.wait_for_everyone()
     return {"run_dir": str(run_dir), "step": cfg.steps, "loss": sum(recent) / len(recent) if recent else None,
             "checkpoint": str(latest_checkpoint(run_dir))}
+
+
+def _all_streams(acc: Any, generator: torch.Generator) -> dict[str, torch.Generator]:
+    """Every process's data generator (gathered to all), keyed as ``train`` restores them: data, data.rank1, ..."""
+    states = acc.gather(generator.get_state()[None]).cpu() if acc.num_processes > 1 else generator.get_state()[None]
+    streams = {}
+    for rank, state in enumerate(states):
+        streams["data" if rank == 0 else f"data.rank{rank}"] = gen = torch.Generator()
+        gen.set_state(state.contiguous())
+    return streams
 
 
 def _batch(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:

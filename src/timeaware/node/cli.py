@@ -55,7 +55,7 @@ def parse_settings(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import NonFiniteLoss
+    from ..training import NonFiniteLoss, is_main_process
     from .run_config import preset
     from .solve import SolverError
     from .train import train_classifier
@@ -69,19 +69,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train_classifier(cfg, out, resume=args.resume or False)
     except (SolverError, NonFiniteLoss) as err:  # RuntimeErrors, which the dispatcher would show as a traceback
-        if _is_main_process():
+        if is_main_process():
             print(f"timeaware: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    if not _is_main_process():
+    if not is_main_process():
         return 0
     s = result.summary
     print(f"{out}: epoch {s['epoch']}, test accuracy {s['test_acc']:.2f}% (best {s['best_test_acc']:.2f}%), "
           f"NFE-F {s['nfe_forward']:.1f}, NFE-B {s['nfe_backward']:.1f}, {s['wall_time']:.0f}s")
     return 0
 
-
-def _is_main_process() -> bool:
-    """Rank 0 prints; the other processes of a distributed launch stay quiet."""
-    from accelerate import PartialState
-
-    return PartialState().is_main_process

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TimeAware, check_positive, field_names
 from ..data import SOURCES
+from ..training.common import check_int, check_number
 from .func import TIME_INPUTS
 from .solve import SolverOptions
 
@@ -54,19 +54,17 @@ class NodeRunConfig:
                 check_positive(name, getattr(self, name))
         if not isinstance(self.data, str) or not (self.data in SOURCES or self.data.endswith(".npz")):
             raise ValueError(f"data={self.data!r} is not allowed; choose one of {', '.join(SOURCES)} or a .npz path")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} is not allowed; it must be an integer >= 0")
-        if isinstance(self.padding, bool) or not isinstance(self.padding, int) or self.padding < 0:
-            raise ValueError(f"padding={self.padding!r} is not allowed; it must be an integer >= 0")
+        check_int("seed", self.seed, 0)
+        check_int("padding", self.padding, 0)
         if self.flip is not None and not isinstance(self.flip, bool):
             raise ValueError(f"flip={self.flip!r} is not allowed; it must be true, false or null")
-        _check_number("lr", self.lr, low=0.0, low_open=True)
+        check_number("lr", self.lr, low=0.0, low_open=True)
         for name in ("momentum", "weight_decay", "hue", "saturation"):
-            _check_number(name, getattr(self, name), low=0.0)
-        _check_number("dropout", self.dropout, low=0.0, high=1.0)
+            check_number(name, getattr(self, name), low=0.0)
+        check_number("dropout", self.dropout, low=0.0, high=1.0)
         for name in ("rtol", "atol", "t1", "adjoint_rtol", "adjoint_atol"):  # SolverOptions checks > 0
             if getattr(self.solver, name) is not None:
-                _check_number(name, getattr(self.solver, name), low=0.0, low_open=True)
+                check_number(name, getattr(self.solver, name), low=0.0, low_open=True)
         self.model.check_channels(self.channels)
         if self.time not in TIME_INPUTS:
             raise ValueError(f"time={self.time!r} is not allowed; choose one of {', '.join(TIME_INPUTS)}")
@@ -104,15 +102,6 @@ class NodeRunConfig:
                 raise ValueError(f"unknown setting {key!r}; allowed: {', '.join(allowed_keys())}")
         return dataclasses.replace(self, model=self.model.replace(**model),
                                    solver=dataclasses.replace(self.solver, **solver), **run)
-
-
-def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    """A finite real number in [low, high) (or (low, high) with ``low_open``), else a one-line ValueError."""
-    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and value < high)
-    if not ok:
-        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {bounds}")
 
 
 def run_fields() -> list[str]:

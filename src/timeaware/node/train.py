@@ -23,11 +23,10 @@ from ..data import ImageData, augment, load_images
 from ..training import (
     MetricsLog,
     check_finite,
-    checkpoint_root,
-    latest_checkpoint,
     load_checkpoint,
     make_accelerator,
     read_checkpoint_state,
+    resolve_resume,
     rewind_to,
     save_checkpoint,
     seed_everything,
@@ -95,28 +94,6 @@ def train_classifier(cfg: NodeRunConfig, out: str | Path, *, resume: bool | str 
         _check_same_run(state["config"], cfg, out)
     with _intra_op_threads(cfg.threads):
         return _train(cfg, out, found, progress)
-
-
-def resolve_resume(out: Path, resume: bool | str | Path) -> Path | None:
-    """The checkpoint folder a run continues from (None: a fresh run), checked before anything is built."""
-    if resume is False or resume is None:
-        if latest_checkpoint(out) is not None:
-            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        return None
-    if resume is True or resume == "latest":
-        return latest_checkpoint(out)
-    path = Path(resume)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    if not path.is_dir():
-        raise ValueError(f"--resume {path}: expected a checkpoint folder (with state.json) or a run folder")
-    found = path if (path / "state.json").is_file() else latest_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(f"--resume {path}: no checkpoint found (expected state.json or checkpoints/latest)")
-    own = checkpoint_root(out).resolve()
-    if found.resolve().parent != own and latest_checkpoint(out) is not None:
-        raise ValueError(f"--resume {path}: {out} already holds another run; choose another --out")
-    return found
 
 
 @contextlib.contextmanager

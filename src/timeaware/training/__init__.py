@@ -5,10 +5,21 @@ from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_checkpoint_state,
+    resolve_resume,
     rewind_to,
     save_checkpoint,
 )
-from .common import MetricsLog, NonFiniteLoss, check_finite, make_accelerator, seed_everything
+from .common import (
+    MetricsLog,
+    NonFiniteLoss,
+    check_finite,
+    check_int,
+    check_number,
+    is_main_process,
+    make_accelerator,
+    seed_everything,
+)
 
-__all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "checkpoint_root", "latest_checkpoint", "load_checkpoint",
-           "make_accelerator", "read_checkpoint_state", "rewind_to", "save_checkpoint", "seed_everything"]
+__all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "check_int", "check_number", "checkpoint_root",
+           "is_main_process", "latest_checkpoint", "load_checkpoint", "make_accelerator", "read_checkpoint_state",
+           "resolve_resume", "rewind_to", "save_checkpoint", "seed_everything"]

@@ -36,10 +36,41 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     pointer = checkpoint_root(run_dir) / LATEST
     if not pointer.is_file():
         return None
-    folder = pointer.parent / pointer.read_text().strip()
+    try:
+        folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{pointer}: corrupted (not a checkpoint folder name)") from None
     if not (folder / "state.json").is_file():
         raise ValueError(f"{pointer}: points to {folder.name}, which is missing or incomplete")
     return folder
+
+
+def resolve_resume(out: str | Path, resume: bool | str | Path | None) -> Path | None:
+    """The checkpoint folder a run in ``out`` continues from (None: a fresh run), checked before anything is built.
+
+    ``resume``: False (``out`` must not hold a run yet), True or ``"latest"`` (``out``'s latest checkpoint,
+    None when it has none: the same command starts a run and continues it after a pre-emption), or a
+    checkpoint folder or run folder (which must be ``out``'s own unless ``out`` holds no run).
+    """
+    out = Path(out)
+    if resume is False or resume is None:
+        if latest_checkpoint(out) is not None:
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return None
+    if resume is True or resume == "latest":
+        return latest_checkpoint(out)
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    if not path.is_dir():
+        raise ValueError(f"--resume {path}: expected a checkpoint folder (with state.json) or a run folder")
+    found = path if (path / "state.json").is_file() else latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"--resume {path}: no checkpoint found (expected state.json or checkpoints/latest)")
+    own = checkpoint_root(out).resolve()
+    if found.resolve().parent != own and latest_checkpoint(out) is not None:
+        raise ValueError(f"--resume {path}: {out} already holds another run; choose another --out")
+    return found
 
 
 def save_checkpoint(run_dir: str | Path, *, step: int, modules: dict[str, nn.Module],

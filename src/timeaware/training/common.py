@@ -7,6 +7,7 @@ Loops run on Hugging Face accelerate, so the same code runs on one CPU, one GPU,
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -38,6 +39,28 @@ def make_accelerator(cpu: bool | None = None, **kwargs: Any):
         raise RuntimeError(f"launcher started {expected} processes but accelerate sees {acc.num_processes}; "
                            "launch with `accelerate launch` or `torchrun` and a reachable MASTER_ADDR/PORT")
     return acc
+
+
+def check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """A finite real number in [low, high) (or (low, high) with ``low_open``), else a one-line ValueError."""
+    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and value < high)
+    if not ok:
+        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {bounds}")
+
+
+def check_int(name: str, value: Any, low: int) -> None:
+    """An integer (not a bool) >= ``low``, else a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {low}")
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or without a distributed launch): the one process that prints and writes."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def seed_everything(seed: int) -> None:
