@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -31,3 +32,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def error_line(stderr: str) -> str:
+    """The one error line of a failed command; progress-bar lines (redrawn with \\r) may precede it, nothing else."""
+    lines = [seg for line in stderr.splitlines() for seg in line.split("\r") if seg.strip()]
+    bars = [line for line in lines if re.search(r"\| *\d+/\d+ \[", line)]  # tqdm: "epoch 1/3: 33%|█ | 1/3 [..."
+    rest = [line for line in lines if line not in bars]
+    assert len(rest) == 1 and rest[0].startswith("timeaware: error:") and "Traceback" not in stderr, stderr
+    return rest[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch import cli_args
+from launch import cli_args, error_line
 from timeaware.cli import main
 from timeaware.node import NodeClassifier, preset
 from timeaware.node.train import build_model, load_run_data
@@ -24,10 +24,7 @@ def _train(out: Path, *extra: str) -> int:
 
 
 def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.rsplit("\r", 1)[-1]  # after the progress bar (redrawn with \r) is cleared
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("timeaware: error:") and "Traceback" not in err, err
-    return lines[0]
+    return error_line(capsys.readouterr().err)
 
 
 def _loadable_step(run: Path) -> int:

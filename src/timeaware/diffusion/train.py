@@ -194,32 +194,35 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
         write_json(run_dir / "config.json", state)
     model, optimizer = acc.prepare(model, optimizer)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc="ddpm")
-    model.train()
-    recent: deque[float] = deque(maxlen=max(1, cfg.steps // 10))  # the summary's loss: last 10% of steps
-    for step in range(start + 1, cfg.steps + 1):
-        x0 = _batch(images, cfg, generator).to(acc.device)
-        loss = simple_loss(model, scheduler, x0, generator)
-        check_finite(acc.reduce(loss.detach(), "sum"), step)  # every process stops at the same step
-        optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        lr_schedule.step()
-        ema.update_parameters(acc.unwrap_model(model))
-        loss_value = loss.item()
-        recent.append(loss_value)
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            log.write({"step": step, "loss": loss_value, "lr": lr_schedule.get_last_lr()[0]})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            streams = _all_streams(acc, generator)  # a collective: every process takes part
-            if acc.is_main_process:
-                save_checkpoint(run_dir, step=step, modules={"model": acc.unwrap_model(model), "ema": ema},
-                                optimizer=optimizer, scheduler=lr_schedule, generators=streams,
-                                state={**state, "loss": loss_value})
-    bar.close()
+    try:
+        model.train()
+        recent: deque[float] = deque(maxlen=max(1, cfg.steps // 10))  # the summary's loss: last 10% of steps
+        for step in range(start + 1, cfg.steps + 1):
+            x0 = _batch(images, cfg, generator).to(acc.device)
+            loss = simple_loss(model, scheduler, x0, generator)
+            total = acc.reduce(loss.detach(), "sum")  # all processes' losses: the same value on every process
+            check_finite(total, step)  # so every process stops at the same step
+            optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            if cfg.grad_clip > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            lr_schedule.step()
+            ema.update_parameters(acc.unwrap_model(model))
+            loss_value = total.item() / acc.num_processes
+            recent.append(loss_value)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                log.write({"step": step, "loss": loss_value, "lr": lr_schedule.get_last_lr()[0]})
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                streams = _all_streams(acc, generator)  # a collective: every process takes part
+                if acc.is_main_process:
+                    save_checkpoint(run_dir, step=step, modules={"model": acc.unwrap_model(model), "ema": ema},
+                                    optimizer=optimizer, scheduler=lr_schedule, generators=streams,
+                                    state={**state, "loss": loss_value})
+    finally:
+        bar.close()  # before an error is printed, so the error is the last line
     acc.wait_for_everyone()
     return {"run_dir": str(run_dir), "step": cfg.steps, "loss": sum(recent) / len(recent) if recent else None,
             "checkpoint": str(latest_checkpoint(run_dir))}
@@ -227,11 +230,12 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
 
 def _all_streams(acc: Any, generator: torch.Generator) -> dict[str, torch.Generator]:
     """Every process's data generator (gathered to all), keyed as ``train`` restores them: data, data.rank1, ..."""
-    states = acc.gather(generator.get_state()[None]).cpu() if acc.num_processes > 1 else generator.get_state()[None]
+    state = generator.get_state()[None].long()  # gloo has no all-gather for uint8 (it crashes): gather int64
+    states = (acc.gather(state.to(acc.device)).cpu() if acc.num_processes > 1 else state).to(torch.uint8)
     streams = {}
     for rank, state in enumerate(states):
         streams["data" if rank == 0 else f"data.rank{rank}"] = gen = torch.Generator()
-        gen.set_state(state.contiguous())
+        gen.set_state(state.clone())  # a row view (storage offset) crashes set_state
     return streams
 
 
