@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +40,10 @@ def bad_command_lines(draw) -> list[str]:
                                  "reproduce-preset", "flag", "train-int-flag", "train-float-flag", "train-seed",
                                  "train-set-int", "train-set-float", "train-set-nonneg", "train-set-name",
                                  "train-set-key", "train-set-form", "train-preset", "train-data", "train-resume",
-                                 "train-flip", "train-options", "train-flag"]))
+                                 "train-flip", "train-options", "train-flag", "ddpm-int-flag", "ddpm-lr",
+                                 "ddpm-set-int", "ddpm-set-float", "ddpm-set-name", "ddpm-set-key", "ddpm-preset",
+                                 "ddpm-data", "ddpm-resume", "sample-missing", "sample-int", "sample-sampler",
+                                 "evaluate-missing", "evaluate-int", "evaluate-metric", "evaluate-reference"]))
     if kind == "command":
         return [draw(bad_names.filter(lambda s: s not in {"audit", "train", "sample", "evaluate", "reproduce",
                                                             "fix"}))]
@@ -100,12 +104,64 @@ def bad_command_lines(draw) -> list[str]:
         return ["train", "node", "--set", f"options={draw(st.sampled_from(['1', '[]', 'null', 'x', '{']))}"]
     if kind == "train-flag":
         return ["train", draw(st.sampled_from(["node", "nodes", "ddpmx", ""])), f"--{draw(bad_names)}-flag"]
+    if kind == "ddpm-int-flag":
+        return ["train", "ddpm", draw(st.sampled_from(["--steps", "--batch-size"])), draw(bad_ints)]
+    if kind == "ddpm-lr":
+        return ["train", "ddpm", "--lr", draw(bad_floats)]
+    if kind == "ddpm-set-int":
+        field = draw(st.sampled_from(["steps", "batch_size", "checkpoint_every", "log_every", "data_limit", "channels",
+                                      "image_size", "num_res_blocks", "in_channels", "groups", "channel_mult"]))
+        value = draw(st.one_of(st.integers(max_value=0).map(str), st.sampled_from(["1.5", "x", "nan", "inf"])))
+        return ["train", "ddpm", "--set", f"{field}={value}"]
+    if kind == "ddpm-set-float":
+        field = draw(st.sampled_from(["lr", "grad_clip", "ema_decay", "dropout", "warmup", "seed"]))
+        value = draw(st.one_of(negative.filter(lambda v: v not in ("NaN", "Infinity", "-Infinity")),
+                               st.sampled_from(["nan", "inf", "x"] + (["1", "1.5"] if field in ("ema_decay", "dropout")
+                                                                       else []))))
+        return ["train", "ddpm", "--set", f"{field}={value}"]
+    if kind == "ddpm-set-name":
+        return ["train", "ddpm", "--set", f"{draw(config_fields)}={draw(bad_names)}"]
+    if kind == "ddpm-set-key":
+        return ["train", "ddpm", "--set", f"{draw(bad_names)}x=1"]
+    if kind == "ddpm-preset":
+        return ["train", "ddpm", "--preset", draw(bad_names.filter(lambda s: s not in {"quick", "paper"}))]
+    if kind == "ddpm-data":
+        return ["train", "ddpm", "--data", draw(st.one_of(missing_paths.map(lambda p: p + ".npz"), bad_names))]
+    if kind == "ddpm-resume":
+        return ["train", "ddpm", "--resume", draw(missing_paths).rsplit("/", 1)[0]]
+    if kind == "sample-missing":
+        return ["sample", draw(missing_paths).rsplit("/", 1)[0], "--out", "out"]
+    if kind == "sample-int":
+        return ["sample", "RUN", draw(st.sampled_from(["--steps", "--num", "--batch-size"])), draw(bad_ints), "--out",
+                "out"]
+    if kind == "sample-sampler":
+        return ["sample", "RUN", "--sampler", draw(bad_names.filter(lambda s: s not in {"ddpm", "ddim", "dpm"})),
+                "--out", "out"]
+    if kind == "evaluate-missing":
+        return ["evaluate", draw(missing_paths).rsplit("/", 1)[0]]
+    if kind == "evaluate-int":
+        return ["evaluate", "RUN", draw(st.sampled_from(["--steps", "--num", "--batch-size"])), draw(bad_ints)]
+    if kind == "evaluate-metric":
+        return ["evaluate", "RUN", "--metric", draw(bad_names.filter(lambda s: s not in {"fid", "is"}))]
+    if kind == "evaluate-reference":
+        flag = draw(st.sampled_from(["--reference-split", "--data"]))
+        return ["evaluate", "RUN", flag, draw(bad_names.filter(lambda s: s not in {"train", "test", "digits"}))]
     return [draw(st.sampled_from(["audit", "fix", "reproduce"])), f"--{draw(bad_names)}-flag"]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory) -> str:
+    """A tiny trained DDPM for sample / evaluate (outside every example's working folder)."""
+    out = tmp_path_factory.mktemp("ddpm-run")
+    assert main(["train", "ddpm", "--set", "channels=8", "--set", "groups=4", "--set", "data_limit=16",
+                 "--batch-size", "8", "--steps", "1", "--out", str(out)]) == 0
+    return str(out)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=bad_command_lines())
-def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(argv, tmp_path_factory, capsys):
+def test_bad_command_lines_exit_2_with_one_line_and_write_nothing(argv, tmp_path_factory, capsys, ddpm_run):
+    argv = [ddpm_run if arg == "RUN" else arg for arg in argv]
     workdir = tmp_path_factory.mktemp("cli")
     old = Path.cwd()
     os.chdir(workdir)
