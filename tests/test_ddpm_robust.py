@@ -99,3 +99,16 @@ def test_two_process_gloo_run_resumes_exactly(tmp_path):
     run("--resume", str(out / "checkpoints" / "step-00000002"))
     _same(out / "checkpoints" / "step-00000004", tmp_path / "straight-4")
     assert (out / "metrics.jsonl").read_text() == metrics
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, capsys):
+    args = ["train", "ddpm", "--out", str(tmp_path), *_set(TINY), "--steps", "1"]
+    assert main(args) == 0
+    state = latest_checkpoint(tmp_path) / "state.json"
+    meta = json.loads(state.read_text())
+    assert meta["state"]["processes"] == 1
+    meta["state"]["processes"] = 2
+    state.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main([*args[:-1], "2", "--resume"]) == 2
+    assert "was trained on 2 processes, not 1" in error_line(capsys.readouterr().err)

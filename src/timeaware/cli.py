@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> module, or {subcommand: module}; modules import heavy dependencies inside run().
@@ -27,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str) -> int:
-    print(f"timeaware: error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, rank 0 alone reports
+        print(f"timeaware: error: {message}", file=sys.stderr)
     return 2
 
 

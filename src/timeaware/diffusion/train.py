@@ -177,12 +177,17 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
     stream = "data" if acc.process_index == 0 else f"data.rank{acc.process_index}"
     scheduler = make_scheduler("ddpm")
-    state = {"unet": unet_cfg.to_dict(), "train": cfg.to_dict(), "schedule": Schedule().to_dict()}
+    state = {"unet": unet_cfg.to_dict(), "train": cfg.to_dict(), "schedule": Schedule().to_dict(),
+             "processes": acc.num_processes}
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
     start = 0
     if found is not None:
-        if read_checkpoint_state(found)["state"].get("unet") != state["unet"]:
+        saved = read_checkpoint_state(found)["state"]
+        if saved.get("unet") != state["unet"]:
             raise ValueError(f"{found}: was trained with a different U-Net config; resume with the same --set values")
+        if saved.get("processes", 1) != acc.num_processes:  # each process continues its own data stream
+            raise ValueError(f"{found}: was trained on {saved.get('processes', 1)} processes, not "
+                             f"{acc.num_processes}; resume with the same number of processes")
         meta = load_checkpoint(found, modules={"model": model, "ema": ema}, optimizer=optimizer,
                                scheduler=lr_schedule, generators={stream: generator})
         start = meta["step"]
