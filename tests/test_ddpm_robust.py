@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from launch import error_line, free_port, subprocess_env
+from launch import error_line, free_port, kill_during_the_run, subprocess_env
 from timeaware.cli import main
 from timeaware.diffusion import train as train_module
 from timeaware.diffusion.train import preset, train
@@ -48,18 +46,13 @@ def test_sigkill_then_resume_equals_a_straight_run(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, *_cli(out)], env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while latest_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(random.Random(11).uniform(0.0, 0.3))
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
-    killed_at = latest_checkpoint(out).name
+    rng = random.Random(11)
+    step = kill_during_the_run(proc, out, rng.randint(1, STEPS - 3), rng.uniform(0.0, 1.0))
+    assert step < STEPS, "the kill came after the last checkpoint: nothing left to resume"
     done = subprocess.run([sys.executable, *_cli(out, "--resume", "latest")], env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    print(f"DDPM killed after {killed_at}, resumed to step {STEPS}: bitwise equal")
+    print(f"DDPM killed with step {step} as the latest checkpoint, resumed to step {STEPS}: bitwise equal")
     _same(latest_checkpoint(out), latest_checkpoint(tmp_path / "straight"))
     assert (out / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
 
