@@ -184,12 +184,33 @@ def test_time_share_and_snr_in_closed_form() -> None:
     y = 2 * k + n  # Var_k = 4·1.25 = 5, Var_n = 2 for every unit
     assert snr(y.expand(4, 5, 7)) == pytest.approx(5.0 / 2.0)
     assert time_share(y.expand(4, 5, 7)) == pytest.approx(5.0 / 7.0)
-    big = torch.randn(3, 4, 2, 5, 5, dtype=torch.float64)
+
+
+def _reference(y: torch.Tensor) -> tuple[float, float, float]:
+    """SNR, interior SNR and η² of (K, N, C, H, W) straight from the definitions, in float64."""
+    y = y.double()
+    pooled = lambda v: float(v.var(0, correction=0).mean() / v.var(1, correction=0).mean())  # noqa: E731
+    flat = y.flatten(2)
+    total = flat.flatten(0, 1).var(0, correction=0)
+    eta2 = float((flat.mean(1).var(0, correction=0)[total > 0] / total[total > 0]).mean())
+    return pooled(y), pooled(y[..., 1:-1, 1:-1]), eta2
+
+
+def test_running_moments_match_the_definitions_in_any_order_and_in_float32() -> None:
+    gen = torch.Generator().manual_seed(3)
+    big = torch.randn(5, 4, 2, 6, 7, dtype=torch.float64, generator=gen) * 3 + 100  # a level far above the spread
+    big += torch.linspace(0, 1, 5, dtype=torch.float64)[:, None, None, None, None]  # a time signal
     kept = big.clone()
-    chunked, whole = summarize(big, chunk_elements=7), summarize(big)
-    assert torch.equal(big, kept)  # float64 input is copied, not shifted in place
-    for key in ("snr", "time_share", "interior_snr"):
-        assert getattr(chunked, key) == pytest.approx(getattr(whole, key), rel=1e-12)
+    want = _reference(big)
+    whole = summarize(big)
+    assert torch.equal(big, kept)  # the data is not shifted in place
+    shuffled = summarize(big[torch.tensor([3, 0, 4, 1, 2])])
+    single = summarize(big.float())
+    for got, rel in ((whole, 1e-12), (shuffled, 1e-12), (single, 1e-5)):  # float32 data: float32 sums
+        assert (got.snr, got.interior_snr, got.time_share) == pytest.approx(want, rel=rel)
+    same_t = big[:1].expand(5, -1, -1, -1, -1)  # nothing depends on t: exactly 0, not rounding noise
+    for y in (same_t, same_t.float()):
+        assert summarize(y).snr == 0.0 and summarize(y).time_share == 0.0
 
 
 def test_report_formats() -> None:
