@@ -83,10 +83,7 @@ class Moments:
             self.ones = d.new_ones(self.n)
             self.mean = d.clone()  # per input and unit: the running mean over k
             self.sums = d.new_zeros(4, d.shape[1])  # per unit: Σ f², Σ (Σ_n f)², Σ_n M2 over k, M2 of the n-mean
-        key = (d.shape, d.dtype, d.device)
-        tmp = self.scratch.get(key)
-        if tmp is None:
-            tmp = self.scratch[key] = torch.empty_like(d)
+        tmp = self._buffer(tuple(d.shape), d)
         f2, s2, t2, h2 = self.sums
         f = torch.sub(d[1:], d[0], out=tmp[1:])
         for row in f:
@@ -105,6 +102,14 @@ class Moments:
                 h2.addcmul_(dh, dh, value=(k - 1) / (k * self.n * self.n))
         self.k += 1
 
+    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A work buffer from the shared scratch pool (the sites are summarized one after another)."""
+        key = (shape, like.dtype, like.device)
+        buf = self.scratch.get(key)
+        if buf is None:
+            buf = self.scratch[key] = like.new_empty(shape)
+        return buf
+
     def summary(self) -> Summary:
         """SNR, interior SNR (a (C, H, W) map of at least 3×3) and η² (NaN unless ``share``)."""
         k = self.k
@@ -112,22 +117,31 @@ class Moments:
             raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
         n = self.n
         f2, s2, t2, h2 = self.sums
-        per_unit = torch.stack([t2 / k, (f2 - (f2 if n == 2 else s2) / n) / n])  # Σ_n Var_k Y, Σ_k Var_n Y
-        whole = _snr(*per_unit.sum(1).tolist(), k, n)  # float32 sums are cascaded: rounding stays near eps
+        per_unit = self._buffer((2, f2.numel()), f2)  # Σ_n Var_k Y and Σ_k Var_n Y, per unit
+        torch.mul(t2, 1.0 / k, out=per_unit[0])
+        if n == 2:  # Σ_n f = f: (f² - f² / 2) / 2
+            torch.mul(f2, 0.25, out=per_unit[1])
+        else:
+            torch.add(f2, s2, alpha=-1.0 / n, out=per_unit[1]).div_(n).clamp_min_(0)
+        sums = per_unit.sum(1, dtype=torch.float64)  # cascaded float32 sums: rounding stays near eps
+        whole = _snr(*sums.tolist(), k, n)
         inside = math.nan
-        if len(self.shape) == 3 and min(self.shape[1:]) >= 3:
-            inner = per_unit.view(2, *self.shape)[:, :, 1:-1, 1:-1]
-            inside = _snr(*inner.sum((1, 2, 3), dtype=torch.float64).tolist(), k, n)
+        if len(self.shape) == 3 and min(self.shape[1:]) >= 3:  # the interior: all but the 1-pixel border
+            m = per_unit.view(2, *self.shape)
+            border = [m[:, :, 0], m[:, :, -1], m[:, :, 1:-1, 0], m[:, :, 1:-1, -1]]
+            inside = _snr(*(sums - sum(b.sum((1, 2), dtype=torch.float64) for b in border)).tolist(), k, n)
         eta2 = math.nan
         if self.share:
             between = h2 / k                                                     # Var_k of the mean over n
-            total = per_unit[1].clamp_min_(0).div_(k).add_(between)              # Var_{k,n}: law of total variance
-            level = (self.ones @ self.mean).div_(n)
+            total = per_unit[1].div_(k).add_(between)                           # Var_{k,n}: law of total variance
+            level = self.ones.div(n) @ self.mean
             eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
             tiny = torch.finfo(self.compute).tiny
-            # a unit varies when its variance is above the rounding level of its values in the captured dtype;
-            # sign(relu(·)) is that 0/1 mask without the (slow) comparison and where kernels
-            varies = level.mul_(level).add_(total).mul_(-eps2).add_(total).sub_(tiny).relu_().sign_()
+            # a unit varies when its variance is above the rounding level of its values in the captured dtype,
+            # total > eps2·(total + level²) + tiny; sign(relu(·)) is that 0/1 mask without the (slow)
+            # comparison and where kernels
+            varies = torch.addcmul(total, level, level, value=-eps2 / (1 - eps2))
+            varies.sub_(tiny / (1 - eps2)).relu_().sign_()
             count = float(varies.sum())
             if count:
                 eta2 = float(torch.dot(between.div_(total.clamp_min_(tiny)), varies)) / count
