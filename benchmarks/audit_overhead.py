@@ -11,6 +11,7 @@ one for the time derivative, the same K+1 as the anchor. Each time is the best o
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -70,7 +71,8 @@ def main() -> None:
         ("UNet2DModel DDPM CIFAR-10", ddpm_cifar10_unet(), (3, 32, 32), "xt", "eval",
          torch.linspace(0.0, 999.0, k)),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={n}, best of {args.repeats}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={n}, best of {args.repeats}, load {load}")
     head = f"{'model':28} {'params':>11} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
     print(head)
     print("-" * len(head))
