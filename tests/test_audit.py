@@ -252,3 +252,13 @@ def test_bad_arguments_raise_one_line_value_errors(kwargs: dict[str, object], me
     with pytest.raises(ValueError, match=message) as err:
         audit(Linear(), args.pop("x"), args.pop("timesteps"), **args)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
+
+
+def test_channels_last_captures_give_the_same_numbers() -> None:
+    y = torch.randn(4, 3, 5, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y[..., 0, :] += torch.arange(4, dtype=torch.float64)[:, None, None, None]  # t on the top border row only
+    last = torch.stack([step.contiguous(memory_format=torch.channels_last) for step in y])
+    want, got = summarize(y), summarize(last)
+    assert last[0].stride()[1] == 1 and got.interior_snr < got.snr
+    for key in ("snr", "interior_snr", "time_share"):
+        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12)

@@ -75,7 +75,9 @@ class Moments:
         Sums over the short N axis are row loops of ``addcmul_`` and a matrix-vector product
         (``Tensor.sum(0)`` over a short leading axis is several times slower).
         """
-        d = y.detach().reshape(y.shape[0], -1)
+        if self.k == 0:  # units in memory order (a view, not a copy, for channels-last maps too)
+            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride(i))]
+        d = y.detach().permute(self.order).reshape(y.shape[0], -1)
         if d.dtype != self.compute:
             d = d.to(self.compute)
         if self.k == 0:
@@ -127,7 +129,8 @@ class Moments:
         whole = _snr(*sums.tolist(), k, n)
         inside = math.nan
         if len(self.shape) == 3 and min(self.shape[1:]) >= 3:  # the interior: all but the 1-pixel border
-            m = per_unit.view(2, *self.shape)
+            stored = per_unit.view(2, *(self.shape[i - 1] for i in self.order[1:]))
+            m = stored.permute(0, *(self.order.index(i) for i in range(1, 4)))  # (2, C, H, W)
             border = [m[:, :, 0], m[:, :, -1], m[:, :, 1:-1, 0], m[:, :, 1:-1, -1]]
             inside = _snr(*(sums - sum(b.sum((1, 2), dtype=torch.float64) for b in border)).tolist(), k, n)
         eta2 = math.nan
