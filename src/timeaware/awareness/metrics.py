@@ -54,7 +54,7 @@ class Moments:
       δ = Y[k, n] - M, M += δ / k, Σ_k (Y - mean_k Y)² += (k - 1) / k · δ², and the same for the
       mean over n (its δ is the mean over n of δ), which η² needs.
 
-    State: M (N × U) and five per-unit sums; per call a few elementwise passes over the (N, U) batch
+    State: M (N × U) and two to four per-unit sums; per call a few elementwise passes over the (N, U) batch
     through a scratch buffer shared by all sites of an audit. Pooled sums, the interior and η² are
     taken from the per-unit sums in ``summary``.
     """
@@ -84,15 +84,16 @@ class Moments:
             self.n, self.shape = d.shape[0], tuple(y.shape[1:])
             self.ones = d.new_ones(self.n)
             self.mean = d.clone()  # per input and unit: the running mean over k
-            self.sums = d.new_zeros(4, d.shape[1])  # per unit: Σ f², Σ (Σ_n f)², Σ_n M2 over k, M2 of the n-mean
+            # per unit: Σ f², Σ_n M2 over k, then Σ (Σ_n f)² for N > 2 and M2 of the mean over n for η²
+            self.sums = d.new_zeros(2 + (self.n > 2) + self.share, d.shape[1])
         tmp = self._buffer(tuple(d.shape), d)
-        f2, s2, t2, h2 = self.sums
+        f2, t2, *rest = self.sums
         f = torch.sub(d[1:], d[0], out=tmp[1:])
         for row in f:
             f2.addcmul_(row, row)
-        if self.n > 2:  # with N = 2, Σ_n f is the one row of f and s2 = f2
+        if self.n > 2:  # with N = 2, Σ_n f is the one row of f and Σ (Σ_n f)² = Σ f²
             s = self.ones[1:] @ f
-            s2.addcmul_(s, s)
+            rest[0].addcmul_(s, s)
         if self.k:
             k = self.k + 1
             delta = torch.sub(d, self.mean, out=tmp)
@@ -101,7 +102,7 @@ class Moments:
                 t2.addcmul_(row, row, value=(k - 1) / k)
             if self.share:
                 dh = self.ones @ delta
-                h2.addcmul_(dh, dh, value=(k - 1) / (k * self.n * self.n))
+                rest[-1].addcmul_(dh, dh, value=(k - 1) / (k * self.n * self.n))
         self.k += 1
 
     def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -118,13 +119,13 @@ class Moments:
         if k < 2:
             raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
         n = self.n
-        f2, s2, t2, h2 = self.sums
+        f2, t2, *rest = self.sums
         per_unit = self._buffer((2, f2.numel()), f2)  # Σ_n Var_k Y and Σ_k Var_n Y, per unit
         torch.mul(t2, 1.0 / k, out=per_unit[0])
         if n == 2:  # Σ_n f = f: (f² - f² / 2) / 2
             torch.mul(f2, 0.25, out=per_unit[1])
         else:
-            torch.add(f2, s2, alpha=-1.0 / n, out=per_unit[1]).div_(n).clamp_min_(0)
+            torch.add(f2, rest[0], alpha=-1.0 / n, out=per_unit[1]).div_(n).clamp_min_(0)
         sums = per_unit.sum(1, dtype=torch.float64)  # cascaded float32 sums: rounding stays near eps
         whole = _snr(*sums.tolist(), k, n)
         inside = math.nan
@@ -135,7 +136,7 @@ class Moments:
             inside = _snr(*(sums - sum(b.sum((1, 2), dtype=torch.float64) for b in border)).tolist(), k, n)
         eta2 = math.nan
         if self.share:
-            between = h2 / k                                                     # Var_k of the mean over n
+            between = rest[-1] / k                                                     # Var_k of the mean over n
             total = per_unit[1].div_(k).add_(between)                           # Var_{k,n}: law of total variance
             level = self.ones.div(n) @ self.mean
             eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
