@@ -122,3 +122,21 @@ def test_ode_func_both_time_inputs_run_and_depend_on_t():
         assert not torch.allclose(func(0.1, x), func(0.9, x))
     with pytest.raises(ValueError, match="time='sde' is not allowed"):
         ODEFunc(8, time="sde")
+
+
+def test_readme_fixes_snippet_runs_and_keeps_t_through_batchnorm():
+    from timeaware import audit
+
+    cfg = TimeAware(norm="batch", groups=1, positional="linear", operand_bias="zero", time_bias="default")
+    conv = TimeConv2d(8, 8, 3, config=cfg, size=(6, 6))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = conv, make_norm(cfg, 8)
+
+        def forward(self, x, t):
+            return self.norm(self.conv(x, t))
+
+    report = audit(Block(), torch.randn(6, 8, 6, 6), torch.linspace(0, 1, 5), mode="train")
+    assert report.layers[0].verdict == "alive"
