@@ -66,7 +66,7 @@ class ConcatConv2d(nn.Module):
 class TimeConv2d(nn.Module):
     """Operand conv plus time: y = conv(x) + e(t) [+ p(t)], the paper's Conv–Emb.
 
-    offset   "linear": e_c(t) = w_c·t + b_c from the raw t (ConcatConv without the edge effect);
+    offset   "linear": e_c(t) = w_c·t + b_c from the raw t (ConcatConv without the edge effect, same scale);
              "embedding": e(t) = Linear(act(emb)) from a timestep embedding (DDPM, needs ``emb_dim``);
              "none": no per-channel offset (used with ``ScaleShift`` after the norm).
     The positional map p(t) (fix 1) comes from ``config.positional`` and needs ``size`` = (H, W) of
@@ -86,6 +86,9 @@ class TimeConv2d(nn.Module):
                                config.operand_bias)
         if offset == "linear":
             self.offset: nn.Module | None = nn.Linear(1, out_channels)
+            # as large as ConcatConv's s_c (a sum of k² weights of a conv with in+1 channels), not Linear's
+            # U(-1, 1) for one input, so the two are interchangeable at initialisation
+            nn.init.normal_(self.offset.weight, std=(3 * (in_channels + 1)) ** -0.5)
         elif offset == "embedding":
             if emb_dim is None:
                 raise ValueError("offset='embedding' needs emb_dim, the size of the timestep embedding")
