@@ -146,5 +146,5 @@ def test_readme_fixes_snippet_runs_and_the_map_keeps_t_through_batchnorm():
 
 def test_linear_offset_starts_at_concatconv_scale():
     layer, cc = TimeConv2d(64, 64, config=TimeAware()), ConcatConv2d(64, 64)
-    ratio = layer.offset.weight.std() / cc.time_offset.std()
+    ratio = layer.offset.weight.detach().std() / cc.time_offset.detach().std()
     assert 0.7 < float(ratio) < 1.4
