@@ -3,7 +3,8 @@
 Anchors measured in the same run: the paper's NODE function (C=64, 8x8, BatchNorm, train mode) and
 diffusers' UNet2DModel in the DDPM CIFAR-10 configuration (35.7M parameters, 32x32, eval mode),
 built offline from its config. Float timesteps are used for both, so the audit makes K passes plus
-one for the time derivative, the same K+1 as the anchor. Each time is the best of ``--repeats`` runs.
+one for the time derivative, the same K+1 as the anchor. Each time is the best of ``--repeats`` runs,
+as wall time and as this thread's CPU time (steadier when other processes compete for the cores).
 
     PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--timesteps 3] [--repeats 3] [--threads 1]
 """
@@ -11,6 +12,7 @@ one for the time derivative, the same K+1 as the anchor. Each time is the best o
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -32,15 +34,20 @@ def ddpm_cifar10_unet() -> nn.Module:
                        norm_num_groups=32)
 
 
-def best_of(repeats: int, *fns: Callable[[], object]) -> list[float]:
-    """Best wall time of each function, run interleaved so that load from other processes hits both alike."""
-    times: list[list[float]] = [[] for _ in fns]
+def best_of(repeats: int, *fns: Callable[[], object]) -> list[tuple[float, float]]:
+    """Best (wall, CPU) time of each function, run interleaved so that load from other processes hits both alike.
+
+    The CPU time of this thread leaves out the time the process waits for a core, so on a loaded
+    machine it is the steadier of the two; it still includes the caches and memory bandwidth that
+    other processes take.
+    """
+    times: list[list[tuple[float, float]]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, spent in zip(fns, times):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             fn()
-            spent.append(time.perf_counter() - start)
-    return [min(spent) for spent in times]
+            spent.append((time.perf_counter() - start, time.thread_time() - cpu))
+    return [(min(w for w, _ in spent), min(c for _, c in spent)) for spent in times]
 
 
 def plain_passes(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, call: str) -> None:
@@ -70,8 +77,10 @@ def main() -> None:
         ("UNet2DModel DDPM CIFAR-10", ddpm_cifar10_unet(), (3, 32, 32), "xt", "eval",
          torch.linspace(0.0, 999.0, k)),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={n}, best of {args.repeats}")
-    head = f"{'model':28} {'params':>11} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={n}, best of {args.repeats}, load {load}")
+    head = (f"{'model':28} {'params':>11} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
+            f" {'CPU: passes':>12} {'audit':>6} {'ratio':>6}")
     print(head)
     print("-" * len(head))
     for name, model, shape, call, mode, timesteps in cases:
@@ -81,7 +90,8 @@ def main() -> None:
         plain, audited = best_of(args.repeats, lambda m=model, x=x, ts=timesteps, c=call: plain_passes(m, x, ts, c),
                                  lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(m, x, ts, call=c, mode=md))
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name:28} {params:>11,} {k:>3} {plain:>15.3f} {audited:>10.3f} {audited / plain:>6.2f}")
+        print(f"{name:28} {params:>11,} {k:>3} {plain[0]:>15.3f} {audited[0]:>10.3f} {audited[0] / plain[0]:>6.2f}"
+              f" {plain[1]:>12.3f} {audited[1]:>6.3f} {audited[1] / plain[1]:>6.2f}")
 
 
 if __name__ == "__main__":

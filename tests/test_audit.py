@@ -184,12 +184,33 @@ def test_time_share_and_snr_in_closed_form() -> None:
     y = 2 * k + n  # Var_k = 4·1.25 = 5, Var_n = 2 for every unit
     assert snr(y.expand(4, 5, 7)) == pytest.approx(5.0 / 2.0)
     assert time_share(y.expand(4, 5, 7)) == pytest.approx(5.0 / 7.0)
-    big = torch.randn(3, 4, 2, 5, 5, dtype=torch.float64)
+
+
+def _reference(y: torch.Tensor) -> tuple[float, float, float]:
+    """SNR, interior SNR and η² of (K, N, C, H, W) straight from the definitions, in float64."""
+    y = y.double()
+    pooled = lambda v: float(v.var(0, correction=0).mean() / v.var(1, correction=0).mean())  # noqa: E731
+    flat = y.flatten(2)
+    total = flat.flatten(0, 1).var(0, correction=0)
+    eta2 = float((flat.mean(1).var(0, correction=0)[total > 0] / total[total > 0]).mean())
+    return pooled(y), pooled(y[..., 1:-1, 1:-1]), eta2
+
+
+def test_running_moments_match_the_definitions_in_any_order_and_in_float32() -> None:
+    gen = torch.Generator().manual_seed(3)
+    big = torch.randn(5, 4, 2, 6, 7, dtype=torch.float64, generator=gen) * 3 + 100  # a level far above the spread
+    big += torch.linspace(0, 1, 5, dtype=torch.float64)[:, None, None, None, None]  # a time signal
     kept = big.clone()
-    chunked, whole = summarize(big, chunk_elements=7), summarize(big)
-    assert torch.equal(big, kept)  # float64 input is copied, not shifted in place
-    for key in ("snr", "time_share", "interior_snr"):
-        assert getattr(chunked, key) == pytest.approx(getattr(whole, key), rel=1e-12)
+    want = _reference(big)
+    whole = summarize(big)
+    assert torch.equal(big, kept)  # the data is not shifted in place
+    shuffled = summarize(big[torch.tensor([3, 0, 4, 1, 2])])
+    single = summarize(big.float())
+    for got, rel in ((whole, 1e-12), (shuffled, 1e-12), (single, 1e-5)):  # float32 data: float32 sums
+        assert (got.snr, got.interior_snr, got.time_share) == pytest.approx(want, rel=rel)
+    same_t = big[:1].expand(5, -1, -1, -1, -1)  # nothing depends on t: exactly 0, not rounding noise
+    for y in (same_t, same_t.float()):
+        assert summarize(y).snr == 0.0 and summarize(y).time_share == 0.0
 
 
 def test_report_formats() -> None:
@@ -231,3 +252,13 @@ def test_bad_arguments_raise_one_line_value_errors(kwargs: dict[str, object], me
     with pytest.raises(ValueError, match=message) as err:
         audit(Linear(), args.pop("x"), args.pop("timesteps"), **args)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
+
+
+def test_channels_last_captures_give_the_same_numbers() -> None:
+    y = torch.randn(4, 3, 5, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y[..., 0, :] += torch.arange(4, dtype=torch.float64)[:, None, None, None]  # t on the top border row only
+    last = torch.stack([step.contiguous(memory_format=torch.channels_last) for step in y])
+    want, got = summarize(y), summarize(last)
+    assert last[0].stride()[1] == 1 and got.interior_snr < got.snr
+    for key in ("snr", "interior_snr", "time_share"):
+        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12)

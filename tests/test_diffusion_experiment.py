@@ -1,6 +1,5 @@
 """ddpm-fixes end to end at toy scale: every row trained, scored, gridded; reruns skip finished runs."""
 
-import pytest
 import torch
 
 from timeaware.experiments.ddpm import PAPER, ROWS, audit_model, ddpm_fixes
@@ -41,12 +40,18 @@ def test_paper_preset_runs_a_few_steps(tmp_path):
     assert train(tmp_path, unet_cfg, cfg, progress=False)["step"] == 1
 
 
-def test_audit_of_the_default_unet_when_the_audit_exists(tmp_path):
-    try:
-        from timeaware.awareness import audit  # noqa: F401
-    except ImportError:
-        pytest.skip("timeaware.awareness.audit is not in this branch yet")
+def test_audit_finds_the_norms_after_the_time_addition_and_fewer_groups_raise_survival(tmp_path):
+    from timeaware.awareness import find_vanishing_sites
     from timeaware.diffusion.unet import UNet, UNetConfig, ddpm_time_config
+
+    default = UNet(UNetConfig(image_size=8, in_channels=1, channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                              attn_resolutions=(4,)))
+    sites = find_vanishing_sites(default)
+    assert len(sites) == len(default.res_blocks()) and all(s.norm.endswith("norm2") for s in sites)
+    assert all(s.norm_type == "GroupNorm" and not s.protected for s in sites)
+    mapped = UNet(UNetConfig(image_size=8, in_channels=1, channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                             attn_resolutions=(4,), time=ddpm_time_config().replace(positional="mlp")))
+    assert all(s.protected for s in find_vanishing_sites(mapped))
 
     def survival(groups: int) -> float:
         cfg = UNetConfig(image_size=8, in_channels=1, channels=32, channel_mult=(1, 2), num_res_blocks=1,
@@ -56,9 +61,3 @@ def test_audit_of_the_default_unet_when_the_audit_exists(tmp_path):
     assert survival(1) > survival(32)
 
 
-def test_missing_audit_gives_a_note_not_an_error(monkeypatch, tmp_path):
-    import types
-
-    monkeypatch.setitem(__import__("sys").modules, "timeaware.awareness", types.ModuleType("timeaware.awareness"))
-    result = audit_model(torch.nn.Identity(), torch.zeros(1), tmp_path / "a")
-    assert "not available" in result["note"] and "survival" not in result

@@ -122,3 +122,29 @@ def test_ode_func_both_time_inputs_run_and_depend_on_t():
         assert not torch.allclose(func(0.1, x), func(0.9, x))
     with pytest.raises(ValueError, match="time='sde' is not allowed"):
         ODEFunc(8, time="sde")
+
+
+def test_readme_fixes_snippet_runs_and_the_map_keeps_t_through_batchnorm():
+    from timeaware import audit
+
+    class Block(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.conv, self.norm = TimeConv2d(8, 8, 3, config=cfg, size=(6, 6)), make_norm(cfg, 8)
+
+        def forward(self, x, t):
+            return self.norm(self.conv(x, t))
+
+    def survival(positional):
+        cfg = TimeAware(norm="batch", groups=1, positional=positional, operand_bias="zero", time_bias="default")
+        block = Block(cfg).double()
+        x = torch.randn(6, 8, 6, 6, dtype=torch.float64)
+        return audit(block, x, torch.linspace(0, 1, 5, dtype=torch.float64), mode="train").layers[0].survival
+
+    assert survival("none") < 1e-6 < 0.1 < survival("linear")
+
+
+def test_linear_offset_starts_at_concatconv_scale():
+    layer, cc = TimeConv2d(64, 64, config=TimeAware()), ConcatConv2d(64, 64)
+    ratio = layer.offset.weight.detach().std() / cc.time_offset.detach().std()
+    assert 0.7 < float(ratio) < 1.4

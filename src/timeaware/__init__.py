@@ -5,18 +5,25 @@ Time-Dependent Neural Networks*: blocks with the paper's three fixes, and an aud
 layer by layer, how much of t survives each normalization.
 """
 
+from .awareness import AuditReport, audit, find_vanishing_sites
 from .config import TimeAware
 from .embeddings import LinearTimeMap, MLPTimeMap, TimestepMLP, sinusoidal_features
 from .layers import ConcatConv2d, ScaleShift, TimeConv2d, init_bias_, make_norm
+from .repair import FixResult, fix
 
 __all__ = [
+    "AuditReport",
     "ConcatConv2d",
+    "FixResult",
     "LinearTimeMap",
     "MLPTimeMap",
     "ScaleShift",
     "TimeAware",
     "TimeConv2d",
     "TimestepMLP",
+    "audit",
+    "find_vanishing_sites",
+    "fix",
     "init_bias_",
     "make_norm",
     "sinusoidal_features",

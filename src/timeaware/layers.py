@@ -66,16 +66,18 @@ class ConcatConv2d(nn.Module):
 class TimeConv2d(nn.Module):
     """Operand conv plus time: y = conv(x) + e(t) [+ p(t)], the paper's Conv–Emb.
 
-    offset   "linear": e_c(t) = w_c·t + b_c from the raw t (ConcatConv without the edge effect);
+    offset   "linear": e_c(t) = w_c·t + b_c from the raw t (ConcatConv without the edge effect, same scale);
              "embedding": e(t) = Linear(act(emb)) from a timestep embedding (DDPM, needs ``emb_dim``);
              "none": no per-channel offset (used with ``ScaleShift`` after the norm).
     The positional map p(t) (fix 1) comes from ``config.positional`` and needs ``size`` = (H, W) of
-    the output. Operand and timestep branches get their own bias policies (fix 2).
+    the output, or is given as ``time_map``, a module ``t -> (B, 1, H, W)`` that several convs may share
+    (a U-Net's blocks at one resolution). Operand and timestep branches get their own bias policies (fix 2).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, config: TimeAware,
                  offset: str = "linear", emb_dim: int | None = None, size: tuple[int, int] | None = None,
-                 stride: int = 1, padding: int | None = None, t_scale: float = 1.0) -> None:
+                 stride: int = 1, padding: int | None = None, t_scale: float = 1.0,
+                 time_map: nn.Module | None = None) -> None:
         super().__init__()
         check_positive("in_channels", in_channels)
         check_positive("out_channels", out_channels)
@@ -84,6 +86,9 @@ class TimeConv2d(nn.Module):
                                config.operand_bias)
         if offset == "linear":
             self.offset: nn.Module | None = nn.Linear(1, out_channels)
+            # as large as ConcatConv's s_c (a sum of k² weights of a conv with in+1 channels), not Linear's
+            # U(-1, 1) for one input, so the two are interchangeable at initialisation
+            nn.init.normal_(self.offset.weight, std=(3 * (in_channels + 1)) ** -0.5)
         elif offset == "embedding":
             if emb_dim is None:
                 raise ValueError("offset='embedding' needs emb_dim, the size of the timestep embedding")
@@ -95,9 +100,11 @@ class TimeConv2d(nn.Module):
         self.offset_kind = offset
         if self.offset is not None:
             init_bias_(self.offset, config.time_bias)
-        self.time_map = make_time_map(config, size, t_scale=t_scale)
-        if self.time_map is not None:
-            init_bias_(self.time_map, config.time_bias)
+        if time_map is None:
+            time_map = make_time_map(config, size, t_scale=t_scale)
+            if time_map is not None:
+                init_bias_(time_map, config.time_bias)
+        self.time_map = time_map
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         y = self.conv(x)

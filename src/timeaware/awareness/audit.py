@@ -2,8 +2,10 @@
 
 The audit costs K forward passes (plus one for the time derivative) and leaves the model as it
 found it: training flags, parameters and buffers (BatchNorm running statistics) are restored, and
-the global random state is forked. Captured tensors go to CPU in the model's dtype and are
-converted to float64 a chunk at a time when the metrics are computed.
+the global random state is forked. Nothing is copied off the model's device: each hook folds the
+layer's input and output into running sums (``metrics.Moments``) as soon as one timestep's N inputs
+are complete, so a shared-t call with all N inputs is folded in directly and only chunked or mixed
+batches are staged, per timestep, until their rows are all in.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .metrics import summarize, survival, verdict
+from .metrics import Moments, survival, verdict
 from .report import AuditReport, LayerAudit
 
 CALLS = ("xt", "tx")
@@ -63,7 +65,7 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     n, k = x.shape[0], spec["t"].shape[0]
     batch = chunk_size or n
     targets = _targets(model, layers)
-    capture = _Capture(k, n)
+    capture = _Capture(n)
     flags = {m: m.training for m in model.modules()}
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     handles = [module.register_forward_hook(capture.hook(name), with_kwargs=True) for name, module in targets]
@@ -83,31 +85,34 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
         for module, flag in flags.items():
             module.training = flag
     modules = dict(targets)
-    rows = [_layer(key, modules[key.split("#")[0]], *capture.sites[key]) for key in capture.order]
-    out = capture.output
-    settings = {"K": k, "N": n, "batching": batching, "mode": mode, "call": spec["call_name"],
-                "dtype": str(out.dtype).removeprefix("torch."), "chunk_size": batch}
-    return AuditReport(layers=rows, output_time_share=summarize(out).time_share, output_dt=dt, settings=settings)
+    with torch.no_grad():
+        rows = [_layer(key, modules[key.split("#")[0]], *capture.sites[key]) for key in capture.sites]
+        out = capture.output[0]
+        settings = {"K": k, "N": n, "batching": batching, "mode": mode, "call": spec["call_name"],
+                    "dtype": str(out.dtype).removeprefix("torch."), "chunk_size": batch}
+        return AuditReport(layers=rows, output_time_share=out.summary().time_share, output_dt=dt, settings=settings)
 
 
 class _Capture:
-    """Forward hooks that copy each hooked layer's input and output into (K, N, ...) CPU buffers."""
+    """Forward hooks that fold each hooked layer's input and output into running sums, one timestep at a time."""
 
-    def __init__(self, k: int, n: int) -> None:
-        self.k, self.n = k, n
-        self.sites: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.order: list[str] = []
-        self.where: tuple[Any, Any] | None = None  # (k index, n index) of the batch rows
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.sites: dict[str, tuple[Moments, Moments]] = {}  # in call order
+        self.staged: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}  # (moments id, k) -> rows so far, count
+        self.output: tuple[Moments] | tuple[()] = ()
+        self.where: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # per timestep: k, batch rows, n
         self.calls: dict[str, int] = {}
-        self.output = torch.empty(0)
+        self.scratch: dict[tuple[Any, ...], torch.Tensor] = {}  # one work buffer per shape, shared by all sites
 
-    def start(self, k_idx: torch.Tensor, n_idx: torch.Tensor) -> None:
-        """Rows of the next call; a shared-t batch of consecutive inputs is a plain slice (a fast copy)."""
-        first, last = int(n_idx[0]), int(n_idx[-1])
-        if bool((k_idx == k_idx[0]).all()) and last - first + 1 == n_idx.numel() and bool((n_idx.diff() == 1).all()):
-            self.where = (int(k_idx[0]), slice(first, last + 1))
+    def start(self, k_idx: torch.Tensor, n_idx: torch.Tensor, device: torch.device) -> None:
+        """Rows of the next call; one timestep with all N inputs in order (shared t, no chunks) goes straight in."""
+        ks = k_idx.unique().tolist()
+        if len(ks) == 1 and n_idx.numel() == self.n and bool((n_idx == torch.arange(self.n)).all()):
+            self.where = []
         else:
-            self.where = (k_idx, n_idx)
+            self.where = [(k, rows.to(device), n_idx[rows].to(device))
+                          for k in ks for rows in [(k_idx == k).nonzero().squeeze(1)]]
         self.calls = {}
 
     def hook(self, name: str) -> Callable[..., None]:
@@ -121,27 +126,38 @@ class _Capture:
             if not isinstance(output, torch.Tensor):
                 return
             if key not in self.sites:
-                self.sites[key] = (self._empty(inp), self._empty(output))
-                self.order.append(key)
-            for buf, value in zip(self.sites[key], (inp, output)):
-                self.store(buf, value, key)
+                self.sites[key] = (Moments(inp.dtype, False, self.scratch), Moments(output.dtype, True, self.scratch))
+            for moments, value in zip(self.sites[key], (inp, output)):
+                self.store(moments, value, key)
         return fn
 
-    def _empty(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.empty((self.k, self.n, *like.shape[1:]), dtype=like.dtype)
-
-    def store(self, buf: torch.Tensor, value: torch.Tensor, key: str) -> None:
+    def store(self, moments: Moments, value: torch.Tensor, key: str) -> None:
         if self.where is None:
             return
-        if value.shape[1:] != buf.shape[2:]:
-            raise ValueError(f"layer {key!r} gave shape {tuple(value.shape[1:])} after {tuple(buf.shape[2:])}; "
+        if moments.k and tuple(value.shape[1:]) != moments.shape:
+            raise ValueError(f"layer {key!r} gave shape {tuple(value.shape[1:])} after {moments.shape}; "
                              "the audit needs the same shape for every timestep")
-        buf[self.where] = value.detach().to("cpu", buf.dtype)
+        if not self.where:
+            moments.add(value)
+            return
+        for k, rows, n_idx in self.where:  # stage the rows until the timestep has all N inputs
+            buf, count = self.staged.pop((id(moments), k), (None, 0))
+            if buf is None:
+                buf = value.new_empty((self.n, *value.shape[1:]))
+            elif buf.shape[1:] != value.shape[1:]:
+                raise ValueError(f"layer {key!r} gave shape {tuple(value.shape[1:])} after {tuple(buf.shape[1:])}; "
+                                 "the audit needs the same shape for every timestep")
+            buf[n_idx] = value.detach()[rows]
+            count += rows.numel()
+            if count == self.n:
+                moments.add(buf)
+            else:
+                self.staged[(id(moments), k)] = (buf, count)
 
     def keep_output(self, out: torch.Tensor) -> None:
-        if self.output.numel() == 0:
-            self.output = self._empty(out)
-        self.store(self.output, out, "output")
+        if not self.output:
+            self.output = (Moments(out.dtype, True, self.scratch),)
+        self.store(self.output[0], out, "output")
 
 
 def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str, batch: int,
@@ -160,11 +176,15 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
         chosen = 0
     shared = batching == "shared"
     rng: torch.Tensor | None = None
+    base = torch.empty(0)
     for i, (k_idx, n_idx) in enumerate(pairs):
         if i == chosen:
             rng = _rng_state(device)
-        capture.start(k_idx, n_idx)
-        capture.keep_output(_call(fn, model, x[n_idx.to(device)], t[k_idx.to(device)], shared))
+        capture.start(k_idx, n_idx, device)
+        out = _call(fn, model, x[n_idx.to(device)], t[k_idx.to(device)], shared)
+        if i == chosen:
+            base = out.detach().clone()
+        capture.keep_output(out)
     capture.where = None
     if not spec["derivative"] or rng is None:
         return None
@@ -172,9 +192,8 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
     tb = t[k_idx.to(device)]
     h = math.sqrt(torch.finfo(tb.dtype).eps) * max(1.0, float(tb.abs().max()))
     _set_rng_state(device, rng)  # same dropout masks as the audited pass
-    moved = _call(fn, model, x[n_idx.to(device)], tb + h, shared).detach().to("cpu", torch.float64)
-    base = capture.output[k_idx, n_idx].to(torch.float64)
-    return float((moved - base).abs().mean() / h)
+    moved = _call(fn, model, x[n_idx.to(device)], tb + h, shared).detach()
+    return float((moved.to(torch.float64) - base.to(torch.float64)).abs().mean() / h)
 
 
 def _call(fn: CallFn | str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -193,8 +212,8 @@ def _call(fn: CallFn | str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, 
     return out
 
 
-def _layer(key: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerAudit:
-    s_in, s_out = summarize(inp, share=False), summarize(out)
+def _layer(key: str, module: nn.Module, inp: Moments, out: Moments) -> LayerAudit:
+    s_in, s_out = inp.summary(), out.summary()
     s = survival(s_in.snr, s_out.snr, inp.dtype)
     inside = survival(s_in.interior_snr, s_out.interior_snr, inp.dtype)
     return LayerAudit(name=key, type=type(module).__name__, survival=s, interior_survival=inside,

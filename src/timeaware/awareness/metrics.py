@@ -1,7 +1,8 @@
 """The audit's numbers: how much of a tensor's variation is explained by the timestep.
 
-Every function takes a captured tensor Y of shape (K, N, U): K timesteps, N inputs, U units
-(channels × pixels flattened), and computes in float64 whatever dtype Y was captured in.
+A captured tensor Y has shape (K, N, U): K timesteps, N inputs, U units (channels × pixels
+flattened). The audit never stores it: ``Moments`` takes one timestep's N inputs at a time (one
+shared-t forward call) and keeps running per-unit sums, from which it computes
 
 * ``time_share`` (η², the correlation ratio): per unit, Var_k(mean_n Y) / Var_{k,n}(Y), averaged over
   units that vary at all. 0 = the unit ignores t, 1 = it depends on t only.
@@ -10,13 +11,16 @@ Every function takes a captured tensor Y of shape (K, N, U): K timesteps, N inpu
   the interior survival is the same ratio without the 1-pixel border where zero padding leaks t.
 
 Variances are population variances (ddof = 0), so η² is exactly the between-timestep part of the
-law of total variance.
+law of total variance. Sums run in the captured dtype (float32 for float32, float16 and bfloat16
+models, float64 for float64 ones), each variance from differences that cancel exactly when a unit
+does not vary (docs/audit.md, "Precision").
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,79 +44,128 @@ class Summary:
     interior_snr: float = math.nan
 
 
-def summarize(y: torch.Tensor, share: bool = True, chunk_elements: int = 1 << 18) -> Summary:
-    """SNR, interior SNR and η² of ``y`` (K, N, ...) in float64, a cache-sized chunk of units at a time.
+class Moments:
+    """Running sums of one captured site, fed the N inputs of one timestep per ``add``, timesteps in any order.
 
-    Speed matters (the audit's budget is 10% of the model's forward passes), so the SNRs use pooled
-    sums instead of per-unit variances:
+    Each variance is computed from values of its own size, so it is exactly 0 when nothing varies:
 
-        Σ_{n,u} Var_k Y = Σ d² / K - Σ_{n,u} (mean_k d)²,   Σ_{k,u} Var_n Y = Σ d² / N - Σ_{k,u} (mean_n d)²
+    * over inputs, per timestep: f = Y[k, n] - Y[k, 0], Σ_n Var_n Y = (Σ_n f² - (Σ_n f)² / N) / N;
+    * over timesteps, per input and unit: Welford's update of the running mean M over k,
+      δ = Y[k, n] - M, M += δ / k, Σ_k (Y - mean_k Y)² += (k - 1) / k · δ², and the same for the
+      mean over n (its δ is the mean over n of δ), which η² needs.
 
-    with d = Y - Y[0, 0] (a per-unit shift that keeps the differences free of cancellation; for
-    float32 data it is taken in float32, exact to the data's own rounding) written straight into a
-    reused float64 buffer, one small matrix product for the means over n (per k) and over k (per n),
-    and dot products for the sums of squares. For a (C, H, W) map of at least 3×3, chunks hold whole
-    channels, and the interior SNR subtracts the same sums over the 1-pixel border, where zero padding
-    leaks t (the edge effect). η² needs per-unit variances; ``share=False`` skips it (NaN), as the
-    audit does for layer inputs.
+    State: M (N × U) and two to four per-unit sums; per call a few elementwise passes over the (N, U) batch
+    through a scratch buffer shared by all sites of an audit. Pooled sums, the interior and η² are
+    taken from the per-unit sums in ``summary``.
     """
+
+    def __init__(self, dtype: torch.dtype, share: bool = True,
+                 scratch: dict[tuple[Any, ...], torch.Tensor] | None = None) -> None:
+        self.dtype = dtype  # the captured dtype: sets the rounding level of "varies" and the noise floor
+        self.compute = (dtype if dtype in (torch.float32, torch.float64) else
+                        torch.float32 if dtype.is_floating_point else torch.float64)
+        self.share = share  # keep what η² needs (False for layer inputs)
+        self.scratch = {} if scratch is None else scratch
+        self.k = 0
+        self.shape: tuple[int, ...] = ()
+
+    def add(self, y: torch.Tensor) -> None:
+        """One timestep: ``y`` holds the N inputs, shape (N, ...), the same (N, ...) at every call.
+
+        Sums over the short N axis are row loops of ``addcmul_`` and a matrix-vector product
+        (``Tensor.sum(0)`` over a short leading axis is several times slower).
+        """
+        if self.k == 0:  # units in memory order (a view, not a copy, for channels-last maps too)
+            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride(i))]
+        d = y.detach().permute(self.order).reshape(y.shape[0], -1)
+        if d.dtype != self.compute:
+            d = d.to(self.compute)
+        if self.k == 0:
+            self.n, self.shape = d.shape[0], tuple(y.shape[1:])
+            self.ones = d.new_ones(self.n)
+            self.mean = d.clone()  # per input and unit: the running mean over k
+            # per unit: Σ f², Σ_n M2 over k, then Σ (Σ_n f)² for N > 2 and M2 of the mean over n for η²
+            self.sums = d.new_zeros(2 + (self.n > 2) + self.share, d.shape[1])
+        tmp = self._buffer(tuple(d.shape), d)
+        f2, t2, *rest = self.sums
+        f = torch.sub(d[1:], d[0], out=tmp[1:])
+        for row in f:
+            f2.addcmul_(row, row)
+        if self.n > 2:  # with N = 2, Σ_n f is the one row of f and Σ (Σ_n f)² = Σ f²
+            s = self.ones[1:] @ f
+            rest[0].addcmul_(s, s)
+        if self.k:
+            k = self.k + 1
+            delta = torch.sub(d, self.mean, out=tmp)
+            self.mean.add_(delta, alpha=1.0 / k)
+            for row in delta:
+                t2.addcmul_(row, row, value=(k - 1) / k)
+            if self.share:
+                dh = self.ones @ delta
+                rest[-1].addcmul_(dh, dh, value=(k - 1) / (k * self.n * self.n))
+        self.k += 1
+
+    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A work buffer from the shared scratch pool (the sites are summarized one after another)."""
+        key = (shape, like.dtype, like.device)
+        buf = self.scratch.get(key)
+        if buf is None:
+            buf = self.scratch[key] = like.new_empty(shape)
+        return buf
+
+    def summary(self) -> Summary:
+        """SNR, interior SNR (a (C, H, W) map of at least 3×3) and η² (NaN unless ``share``)."""
+        k = self.k
+        if k < 2:
+            raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
+        n = self.n
+        f2, t2, *rest = self.sums
+        per_unit = self._buffer((2, f2.numel()), f2)  # Σ_n Var_k Y and Σ_k Var_n Y, per unit
+        torch.mul(t2, 1.0 / k, out=per_unit[0])
+        if n == 2:  # Σ_n f = f: (f² - f² / 2) / 2
+            torch.mul(f2, 0.25, out=per_unit[1])
+        else:
+            torch.add(f2, rest[0], alpha=-1.0 / n, out=per_unit[1]).div_(n).clamp_min_(0)
+        sums = per_unit.sum(1, dtype=torch.float64)  # cascaded float32 sums: rounding stays near eps
+        whole = _snr(*sums.tolist(), k, n)
+        inside = math.nan
+        if len(self.shape) == 3 and min(self.shape[1:]) >= 3:  # the interior: all but the 1-pixel border
+            stored = per_unit.view(2, *(self.shape[i - 1] for i in self.order[1:]))
+            m = stored.permute(0, *(self.order.index(i) for i in range(1, 4)))  # (2, C, H, W)
+            border = [m[:, :, 0], m[:, :, -1], m[:, :, 1:-1, 0], m[:, :, 1:-1, -1]]
+            inside = _snr(*(sums - sum(b.sum((1, 2), dtype=torch.float64) for b in border)).tolist(), k, n)
+        eta2 = math.nan
+        if self.share:
+            between = rest[-1] / k                                                     # Var_k of the mean over n
+            total = per_unit[1].div_(k).add_(between)                           # Var_{k,n}: law of total variance
+            level = self.ones.div(n) @ self.mean
+            eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
+            tiny = torch.finfo(self.compute).tiny
+            # a unit varies when its variance is above the rounding level of its values in the captured dtype,
+            # total > eps2·(total + level²) + tiny; sign(relu(·)) is that 0/1 mask without the (slow)
+            # comparison and where kernels
+            varies = torch.addcmul(total, level, level, value=-eps2 / (1 - eps2))
+            varies.sub_(tiny / (1 - eps2)).relu_().sign_()
+            count = float(varies.sum())
+            if count:
+                eta2 = float(torch.dot(between.div_(total.clamp_min_(tiny)), varies)) / count
+        return Summary(snr=whole, time_share=eta2, interior_snr=inside)
+
+
+def summarize(y: torch.Tensor, share: bool = True) -> Summary:
+    """SNR, interior SNR and η² of a whole captured tensor ``y`` (K, N, ...), one timestep at a time."""
     if y.ndim < 2 or y.shape[0] < 2 or y.shape[1] < 2:
         raise ValueError(f"captured tensor has shape {tuple(y.shape)}; allowed: (K, N, ...) with K, N >= 2")
-    k, n = y.shape[:2]
-    flat = y.reshape(k, n, -1)
-    units = flat.shape[2]
-    plane = tuple(y.shape[3:]) if y.ndim == 5 and min(y.shape[3:]) >= 3 else None
-    size = plane[0] * plane[1] if plane else 1
-    step = min(units, max(1, chunk_elements // (k * n * size)) * size)
-    eps2 = torch.finfo(y.dtype).eps ** 2 if y.dtype.is_floating_point else 0.0
-    # rows 0..K-1 average over n at each k, rows K..K+N-1 average over k for each n
-    rows = torch.arange(k * n)
-    means = torch.cat([(rows[None] // n == torch.arange(k)[:, None]).to(torch.float64) / n,
-                       (rows[None] % n == torch.arange(n)[:, None]).to(torch.float64) / k])
-    d_buf = torch.empty(k * n * step, dtype=torch.float64)
-    sq_buf = torch.empty_like(d_buf) if share else d_buf
-    acc = torch.zeros(6, dtype=torch.float64)  # Σd², Σ(mean_n d)², Σ(mean_k d)², then the same on the border
-    share_sum, varying = 0.0, 0
-    for start in range(0, units, step):
-        width = min(step, units - start)
-        first = flat[0, 0, start:start + width]
-        torch.sub(flat[:, :, start:start + width], first, out=d_buf[:k * n * width].view(k, n, width))
-        d = d_buf[:k * n * width].view(k * n, width)
-        m1 = means @ d                                                    # (K + N, width)
-        acc[0] += torch.dot(d.view(-1), d.view(-1))
-        acc[1] += torch.dot(m1[:k].reshape(-1), m1[:k].reshape(-1))
-        acc[2] += torch.dot(m1[k:].reshape(-1), m1[k:].reshape(-1))
-        if plane:
-            acc[3] += _ring_squares(d.view(k * n, -1, *plane))
-            acc[4] += _ring_squares(m1[:k].view(k, -1, *plane))
-            acc[5] += _ring_squares(m1[k:].view(n, -1, *plane))
-        if share:
-            per_k = m1[:k]
-            centre = per_k.mean(dim=0)
-            between = ((per_k * per_k).mean(dim=0) - centre * centre).clamp_min_(0)  # Var_k of the mean over n
-            squares = torch.mul(d, d, out=sq_buf[:k * n * width].view(k * n, width))
-            total = (squares.mean(dim=0) - centre * centre).clamp_min_(0)            # Var_{k,n}
-            # a unit varies when its variance is above the rounding level of its values in the captured dtype
-            level = centre + first.to(torch.float64)
-            varies = total > eps2 * (total + level * level) + torch.finfo(torch.float64).tiny
-            share_sum += float(torch.where(varies, between / total, 0.0).sum())
-            varying += int(varies.sum())
-    sq, sq_k, sq_n, b_sq, b_k, b_n = (float(v) for v in acc)
-    eta2 = share_sum / varying if varying else math.nan
-    inside = _snr(sq - b_sq, sq_k - b_k, sq_n - b_n, k, n) if plane else math.nan
-    return Summary(snr=_snr(sq, sq_k, sq_n, k, n), time_share=eta2, interior_snr=inside)
+    moments = Moments(y.dtype, share)
+    for step in y:
+        moments.add(step)
+    return moments.summary()
 
 
-def _ring_squares(x: torch.Tensor) -> torch.Tensor:
-    """Sum of squares over the 1-pixel border of (..., H, W): top and bottom rows, then the side columns."""
-    edges = (x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1])
-    return sum((e * e).sum() for e in edges)  # type: ignore[return-value]
 
-
-def _snr(sq: float, sq_k: float, sq_n: float, k: int, n: int) -> float:
-    """Pooled time variance over pooled sample variance; rounding can leave -1e-17 where 0 is meant."""
-    over_time, over_samples = max(0.0, sq / k - sq_n), max(0.0, sq / n - sq_k)
-    return _ratio(over_time / n, over_samples / k)
+def _snr(over_time: float, over_samples: float, k: int, n: int) -> float:
+    """E_{n,u}[Var_k Y] / E_{k,u}[Var_n Y] from Σ_{n,u} Var_k Y and Σ_{k,u} Var_n Y; rounding can leave -1e-17 for 0."""
+    return _ratio(max(0.0, over_time) / n, max(0.0, over_samples) / k)
 
 
 def _ratio(over_time: float, over_samples: float) -> float:

@@ -94,16 +94,16 @@ class ResBlock(nn.Module):
 
     With ``injection="add"`` the per-channel embedding is added right after the first conv (the paper's
     site, followed by GroupNorm); with ``"scale_shift"`` it is applied after that GroupNorm instead.
-    The positional map ``pos`` (fix 1) is computed once per resolution by the U-Net and added beside it.
+    The positional map ``time_map`` (fix 1) is the U-Net's, shared by the blocks at one resolution.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, config: TimeAware) -> None:
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, config: TimeAware,
+                 time_map: nn.Module | None = None) -> None:
         super().__init__()
         scale_shift = config.injection == "scale_shift"
         self.norm1, self.act = make_norm(config, in_ch), make_activation(config.activation)
-        # the positional map is shared per resolution, so the conv itself carries none
         self.conv1 = TimeConv2d(in_ch, out_ch, 3, config=config.replace(positional="none"),
-                                offset="none" if scale_shift else "embedding", emb_dim=emb_dim)
+                                offset="none" if scale_shift else "embedding", emb_dim=emb_dim, time_map=time_map)
         self.norm2 = make_norm(config, out_ch)
         self.scale_shift = ScaleShift(out_ch, emb_dim, config) if scale_shift else None
         self.dropout = nn.Dropout(dropout)
@@ -118,11 +118,8 @@ class ResBlock(nn.Module):
         """The convs of the operand branch (those fix 2 starts at zero bias)."""
         return [c for c in (self.conv1.conv, self.conv2, self.skip) if isinstance(c, nn.Conv2d)]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
-        h = self.conv1(self.act(self.norm1(x)), t, emb)
-        if pos is not None:
-            h = h + pos
-        h = self.norm2(h)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.norm2(self.conv1(self.act(self.norm1(x)), t, emb))
         if self.scale_shift is not None:
             h = self.scale_shift(h, emb)
         h = self.conv2(self.dropout(self.act(h)))
@@ -166,8 +163,8 @@ class UNet(nn.Module):
         self.time_maps = nn.ModuleDict({str(r): make_time_map(tc, (r, r)) for r in cfg.resolutions}
                                        if tc.positional != "none" else {})
 
-        def res(i: int, o: int) -> ResBlock:
-            return ResBlock(i, o, emb_dim, cfg.dropout, tc)
+        def res(i: int, o: int, r: int) -> ResBlock:
+            return ResBlock(i, o, emb_dim, cfg.dropout, tc, self.time_maps[str(r)] if self.time_maps else None)
 
         def attn(r: int, c: int) -> Attention | None:
             return Attention(c, tc) if r in cfg.attn_resolutions else None
@@ -177,7 +174,7 @@ class UNet(nn.Module):
         for level, (r, w) in enumerate(zip(cfg.resolutions, widths)):
             blocks = []
             for _ in range(cfg.num_res_blocks):
-                blocks.append(res(c, w))
+                blocks.append(res(c, w, r))
                 c = w
                 skips.append(c)
             self.down.append(Stage(blocks, [attn(r, c) for _ in blocks]))
@@ -185,21 +182,18 @@ class UNet(nn.Module):
             self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
             if not last:
                 skips.append(c)
-        self.mid = Stage([res(c, c), res(c, c)], [Attention(c, tc), None])
+        r_low = cfg.resolutions[-1]
+        self.mid = Stage([res(c, c, r_low), res(c, c, r_low)], [Attention(c, tc), None])
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level in reversed(range(len(widths))):
             r, w, blocks = cfg.resolutions[level], widths[level], []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(res(c + skips.pop(), w))
+                blocks.append(res(c + skips.pop(), w, r))
                 c = w
             self.up.append(Stage(blocks, [attn(r, c) for _ in blocks]))
             self.upsample.append(nn.Identity() if level == 0 else nn.Conv2d(c, c, 3, padding=1))
         self.out = nn.Sequential(make_norm(tc, c), make_activation(tc.activation),
                                  nn.Conv2d(c, cfg.in_channels, 3, padding=1))
-
-    def positional_maps(self, t: torch.Tensor) -> dict[int, torch.Tensor | None]:
-        """p(t) per resolution (fix 1), or None everywhere when ``positional="none"``."""
-        return {r: self.time_maps[str(r)](t) if self.time_maps else None for r in self.config.resolutions}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         cfg = self.config
@@ -207,21 +201,21 @@ class UNet(nn.Module):
             raise ValueError(f"input has shape {tuple(x.shape[1:])}; this U-Net expects "
                              f"({cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
         t = as_time(t, x.shape[0], x)
-        emb, pos = self.time_embed(t), self.positional_maps(t)
+        emb = self.time_embed(t)
         h = self.conv_in(x)
         hs = [h]
-        for r, stage, down in zip(cfg.resolutions, self.down, self.downsample):
+        for stage, down in zip(self.down, self.downsample):
             for block, attn in zip(stage.blocks, stage.attn):
-                h = attn(block(h, t, emb, pos[r]))
+                h = attn(block(h, t, emb))
                 hs.append(h)
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 hs.append(h)
         for block, attn in zip(self.mid.blocks, self.mid.attn):
-            h = attn(block(h, t, emb, pos[cfg.resolutions[-1]]))
-        for r, stage, up in zip(reversed(cfg.resolutions), self.up, self.upsample):
+            h = attn(block(h, t, emb))
+        for stage, up in zip(self.up, self.upsample):
             for block, attn in zip(stage.blocks, stage.attn):
-                h = attn(block(torch.cat([h, hs.pop()], dim=1), t, emb, pos[r]))
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), t, emb))
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.out(h)

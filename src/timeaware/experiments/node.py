@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..awareness import audit, find_vanishing_sites, survival_after_injection
 from ..config import divisors
 from ..io import atomic_write
 from ..node.run_config import NodeRunConfig
@@ -129,27 +130,19 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
 
 
 def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
-    """Survival and time share of t through the ODE function's norms, from ``timeaware.awareness.audit``.
+    """Survival and time share of t through the ODE function's norms after a time injection.
 
     Audited in train mode, one batch per t (as in a training solve): BatchNorm then uses the batch
     statistics that cancel ConcatConv's offset; in eval mode its running mean, averaged over t, would not.
     """
-    try:
-        from ..awareness import audit, find_vanishing_sites
-    except ImportError as err:
-        return {"survival": None, "time_share": None, "time_share_pct": None,
-                "audit_note": f"audit unavailable ({err})"}
     model.eval()
     with torch.no_grad():
         z0 = model.initial_state(images.to(next(model.parameters()).device))
     times = torch.linspace(0.0, model.block.solver.t1, AUDIT_TIMES, dtype=z0.dtype, device=z0.device)
     report = audit(model.block.func, z0, times, call="tx", mode="train")
     after_time = {site.norm for site in find_vanishing_sites(model.block.func)}
-    norms = [layer for layer in report.layers if layer.name in after_time] or list(report.layers)
-    share = _finite_mean(layer.time_share for layer in norms)
-    # the survival the verdicts read: without the zero-padding border where ConcatConv leaks t
-    judged = (layer.survival if math.isnan(layer.interior_survival) else layer.interior_survival for layer in norms)
-    return {"survival": _finite_mean(judged), "time_share": share,
+    share = _finite_mean(layer.time_share for layer in report.layers if layer.name in after_time)
+    return {"survival": survival_after_injection(model.block.func, report), "time_share": share,
             "time_share_pct": None if share is None else 100 * share,
             "audit": {layer.name: {"survival": layer.survival, "time_share": layer.time_share,
                                    "verdict": layer.verdict} for layer in report.layers}}
