@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write, read_json
-from ..training import latest_checkpoint, load_checkpoint
+from ..training import find_checkpoint, load_checkpoint
 from .ddpm import Schedule, make_scheduler, to_image_range
 from .unet import UNet, UNetConfig
 
@@ -60,14 +60,7 @@ def load_model(checkpoint: str | Path, raw: bool = False) -> tuple[UNet, dict[st
     """The U-Net of a checkpoint folder or run folder, with EMA weights (or the raw ones), in eval mode."""
     from torch.optim.swa_utils import AveragedModel
 
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    if not (path / "state.json").is_file():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoint found (expected state.json or checkpoints/latest)")
-        path = found
+    path = find_checkpoint(checkpoint)
     meta = read_json(path / "state.json")
     if "unet" not in meta.get("state", {}):
         raise ValueError(f"{path}: not a DDPM checkpoint (its state.json has no 'unet' config)")

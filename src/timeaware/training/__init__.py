@@ -2,6 +2,7 @@
 
 from .checkpoint import (
     checkpoint_root,
+    find_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     read_checkpoint_state,
@@ -21,5 +22,5 @@ from .common import (
 )
 
 __all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "check_int", "check_number", "checkpoint_root",
-           "is_main_process", "latest_checkpoint", "load_checkpoint", "make_accelerator", "read_checkpoint_state",
-           "resolve_resume", "rewind_to", "save_checkpoint", "seed_everything"]
+           "find_checkpoint", "is_main_process", "latest_checkpoint", "load_checkpoint", "make_accelerator",
+           "read_checkpoint_state", "resolve_resume", "rewind_to", "save_checkpoint", "seed_everything"]

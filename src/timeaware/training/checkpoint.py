@@ -105,18 +105,24 @@ def save_checkpoint(run_dir: str | Path, *, step: int, modules: dict[str, nn.Mod
     return final
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or the latest checkpoint of a run folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if (path / "state.json").is_file():
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no checkpoint found (expected state.json or checkpoints/latest)")
+    return found
+
+
 def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None,
                     generators: dict[str, torch.Generator] | None = None, restore_rng: bool = True) -> dict[str, Any]:
     """Load a checkpoint folder (or a run folder's latest) into the given objects; returns its metadata."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    if not (path / "state.json").is_file():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoint found (expected state.json or checkpoints/latest)")
-        path = found
+    path = find_checkpoint(path)
     meta = read_checkpoint_state(path)
     for key, module in modules.items():
         file = path / f"{key}.safetensors"
