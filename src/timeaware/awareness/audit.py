@@ -2,10 +2,11 @@
 
 The audit costs K forward passes (plus one for the time derivative) and leaves the model as it
 found it: training flags and buffers (BatchNorm running statistics) are restored, parameters are
-untouched (every pass runs under no_grad), and the global random state is forked. Nothing is copied off the model's device: each hook folds the
-layer's input and output into running sums (``metrics.Moments``) as soon as one timestep's N inputs
-are complete, so a shared-t call with all N inputs is folded in directly and only chunked or mixed
-batches are staged, per timestep, until their rows are all in.
+untouched (every pass runs under no_grad), and the global random state is forked. Nothing is copied
+off the model's device: each hook folds the layer's input and output into running sums
+(``metrics.Moments``) as soon as one timestep's N inputs are complete, so a shared-t call with all
+N inputs is folded in directly and only chunked or mixed batches are staged, per timestep, until
+their rows are all in.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="runs per setting (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/EXPERIMENT-PRESET)")
     parser.add_argument("--data", default=None,
-                        help="dataset: digits (built in), cifar10 (needs --data-path or TIMEAWARE_CIFAR10), "
+                        help="dataset: digits (built in), cifar10 (the .npz named by TIMEAWARE_CIFAR10), "
                              "or a path to a .npz")
 
 
