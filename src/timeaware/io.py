@@ -44,19 +44,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None, recursively (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def dumps(value: Any, indent: int | None = None) -> str:
     """JSON with NaN/inf written as null (strict JSON that every reader accepts)."""
-    return json.dumps(_json_safe(value), indent=indent, allow_nan=False)
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
 
 
 def write_json(path: str | Path, value: Any) -> Path:

@@ -8,7 +8,7 @@ See docs/audit.md for the metric, the verdict thresholds and the heuristics.
 from .audit import audit
 from .report import AuditReport, LayerAudit
 from .static import Site, find_vanishing_sites
-from .summary import judged_survival, survival_after_injection
+from .summary import survival_after_injection
 
-__all__ = ["AuditReport", "LayerAudit", "Site", "audit", "find_vanishing_sites", "judged_survival",
+__all__ = ["AuditReport", "LayerAudit", "Site", "audit", "find_vanishing_sites",
            "survival_after_injection"]

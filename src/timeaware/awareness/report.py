@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write, json_safe
 from .metrics import ALIVE_FROM, VANISHED_BELOW
 
 
@@ -34,6 +34,11 @@ class LayerAudit:
     channels_per_unit: int | None
     verdict: str
 
+    @property
+    def judged_survival(self) -> float:
+        """The survival the verdict reads: without the zero-padding border when the layer has one."""
+        return self.survival if math.isnan(self.interior_survival) else self.interior_survival
+
 
 @dataclass
 class AuditReport:
@@ -52,18 +57,17 @@ class AuditReport:
         return out
 
     def summary(self) -> dict[str, Any]:
-        return {
+        return json_safe({
             "verdicts": self.counts(),
-            "output_time_share": _safe(self.output_time_share),
-            "output_dt": _safe(self.output_dt),
+            "output_time_share": self.output_time_share,
+            "output_dt": self.output_dt,
             "thresholds": {"vanished_below": VANISHED_BELOW, "alive_from": ALIVE_FROM},
-            **{key: _safe(value) for key, value in self.settings.items()},
-        }
+            **self.settings,
+        })
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN and inf become None): ``{"layers": [...], "summary": {...}}``."""
-        return {"layers": [{k: _safe(v) for k, v in asdict(layer).items()} for layer in self.layers],
-                "summary": self.summary()}
+        return {"layers": [json_safe(asdict(layer)) for layer in self.layers], "summary": self.summary()}
 
     def __str__(self) -> str:
         head = ("layer", "type", "ch/unit", "SNR in", "SNR out", "survival", "interior", "time share", "verdict")
@@ -96,7 +100,7 @@ class AuditReport:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"cannot write plot {str(path)!r}: folder {str(path.parent)!r} does not exist")
         colors = {"alive": "tab:green", "weak": "tab:orange", "vanished": "tab:red", "no time": "tab:gray"}
-        read = [a.survival if math.isnan(a.interior_survival) else a.interior_survival for a in self.layers]
+        read = [a.judged_survival for a in self.layers]
         finite = [v for v in [*read, *(a.survival for a in self.layers)] if math.isfinite(v) and v > 0]
         floor = min([VANISHED_BELOW / 10, *finite]) / 2
         x = range(len(self.layers))
@@ -121,21 +125,10 @@ class AuditReport:
             if whole:
                 ax.legend(fontsize=7, loc="lower right")
             fig.tight_layout()
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
-            os.close(fd)
-            try:
-                fig.savefig(tmp, format=(path.suffix.lstrip(".") or "png"))
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
         finally:
             plt.close(fig)
         return path
-
-
-def _safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _num(value: float | None) -> str:

@@ -6,18 +6,13 @@ import math
 
 from torch import nn
 
-from .report import AuditReport, LayerAudit
+from .report import AuditReport
 from .static import find_vanishing_sites
-
-
-def judged_survival(layer: LayerAudit) -> float:
-    """The survival a verdict reads: without the zero-padding border when the layer has one."""
-    return layer.survival if math.isnan(layer.interior_survival) else layer.interior_survival
 
 
 def survival_after_injection(model: nn.Module, report: AuditReport) -> float | None:
     """Mean judged survival over the norms the static check pairs with a time injection (None if none)."""
     norms = {site.norm for site in find_vanishing_sites(model)}
-    values = [judged_survival(layer) for layer in report.layers if layer.name in norms]
+    values = [layer.judged_survival for layer in report.layers if layer.name in norms]
     values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else None
