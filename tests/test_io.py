@@ -124,3 +124,20 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_result_store_refuses_a_key_recorded_with_another_config(tmp_path):
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.append({"key": "gn/0", "config": {"epochs": 1, "dims": (2, 3)}})
+    assert store.done("gn/0", {"epochs": 1, "dims": (2, 3)})  # tuples round-trip as lists
+    with pytest.raises(ValueError, match="run 'gn/0' was recorded with a different configuration"):
+        store.done("gn/0", {"epochs": 250, "dims": (2, 3)})
+
+
+def test_npz_labels_of_shape_n_by_1_are_flattened_and_bad_labels_refused(tmp_path):
+    path = tmp_path / "k.npz"
+    x = np.zeros((3, 4, 4, 3), np.uint8)
+    np.savez(path, x_train=x, y_train=np.array([[0], [1], [2]]), x_test=x, y_test=np.array([-1, 0, 1]))
+    assert load_images(str(path), "train").y.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="expected non-negative integer labels"):
+        load_images(str(path), "test")

@@ -94,3 +94,12 @@ def test_cli_trains_and_reports(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "NFE-F 8.0, NFE-B 0.0" in out and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_metrics_written_before_a_crash_without_checkpoint_are_not_kept(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 9.9}) + "\n")  # died before saving
+    train_classifier(_tiny(epochs=1), run, resume=True, progress=False)
+    records = _records(run)
+    assert [r["epoch"] for r in records] == [1] and records[0]["train_loss"] != 9.9

@@ -104,6 +104,11 @@ def _npz(path: Path, split: str) -> ImageData:
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8 or len(x) != len(y):
         raise ValueError(f"{path}: x_{split} has shape {x.shape} dtype {x.dtype}; expected uint8 (N, H, W, 3) "
                          f"matching y_{split} of length N")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # Keras-style (N, 1) labels
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise ValueError(f"{path}: y_{split} has shape {y.shape} dtype {y.dtype}; expected non-negative integer "
+                         "labels of shape (N,)")
     images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
     labels = torch.from_numpy(y.astype(np.int64))
     return ImageData(images, labels, int(labels.max()) + 1, path.stem)

@@ -193,10 +193,10 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
         start = meta["step"]
         if acc.is_main_process:
             rewind_to(run_dir, found)
-            log.truncate_after("step", start)
-        acc.wait_for_everyone()
     if acc.is_main_process:
+        log.truncate_after("step", start)  # drop lines after the checkpoint (all, if there is none)
         write_json(run_dir / "config.json", state)
+    acc.wait_for_everyone()
     model, optimizer = acc.prepare(model, optimizer)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc="ddpm")
     try:

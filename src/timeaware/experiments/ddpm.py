@@ -65,9 +65,10 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
     for row, changes in ROWS.items():
         for seed in range(seeds):
             key = f"{row}/seed{seed}"
-            if store.done(key):
-                continue
             unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
+            config = {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()}
+            if store.done(key, config):
+                continue
             slug = f"{row.strip('+').replace(' ', '-')}-s{seed}"
             t0 = time.perf_counter()
             summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
@@ -79,7 +80,7 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
             scores, samples = evaluate(model, settings)
             save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
             audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
-            record: dict[str, Any] = {"key": key, "setting": row, "seed": seed, "changes": changes,
+            record: dict[str, Any] = {"key": key, "setting": row, "seed": seed, "changes": changes, "config": config,
                                       "loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
                                       "scores": scores, "survival": audit.get("survival")}
             for score in scores:

@@ -100,9 +100,9 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
     bar = tqdm([(s, seed) for s in settings for seed in range(seeds)], desc=name, unit="run")
     for setting, seed in bar:
         key = f"{setting.name}/seed={seed}/{preset}/{_data_label(base)}"
-        if store.done(key):
-            continue
         cfg = base.with_overrides({**setting.changes, "seed": seed})
+        if store.done(key, cfg.to_dict()):
+            continue
         bar.set_postfix_str(key)
         record = {"key": key, "setting": setting.name, "seed": seed, "preset": preset, "data": _data_label(base),
                   "config": cfg.to_dict()}

@@ -35,8 +35,20 @@ class ResultStore:
                 continue  # a torn line from a crash: that run is simply redone
         return out
 
-    def done(self, key: str) -> bool:
-        return any(r.get("key") == key for r in self.records())
+    def done(self, key: str, config: dict[str, Any] | None = None) -> bool:
+        """Whether run ``key`` is recorded; refuses one recorded with a different ``config``.
+
+        A sweep rerun with other settings into the same folder would otherwise skip its runs and report
+        the old numbers as the new ones.
+        """
+        for record in self.records():
+            if record.get("key") != key:
+                continue
+            if config is not None and record.get("config") != json.loads(dumps(config)):
+                raise ValueError(f"{self.path}: run {key!r} was recorded with a different configuration; "
+                                 "choose another --out or remove that results file")
+            return True
+        return False
 
     def append(self, record: dict[str, Any]) -> None:
         if "key" not in record:

@@ -144,8 +144,9 @@ def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) ->
         best, wall = row["best_test_acc"], row["wall_time"]
         if acc.is_main_process:
             rewind_to(out, found)
-            log.truncate_after("epoch", start)
-        acc.wait_for_everyone()
+    if acc.is_main_process:
+        log.truncate_after("epoch", start)  # drop lines of epochs after the checkpoint (all, if there is none)
+    acc.wait_for_everyone()
     model, opt = acc.prepare(model, opt)
     block = _unwrap(model).block
     steps = -(-len(train) // cfg.batch_size)

@@ -95,7 +95,7 @@ def save_checkpoint(run_dir: str | Path, *, step: int, modules: dict[str, nn.Mod
     rng_tensors, meta["rng"] = _rng_state(generators or {})
     save_tensors(tmp / "rng.safetensors", rng_tensors)
     # json with allow_nan: ReduceLROnPlateau keeps best=inf, which must round-trip exactly.
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    atomic_write_text(tmp / "state.json", json.dumps(meta, indent=1))  # fsynced like the weights
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
