@@ -35,9 +35,10 @@ def make_scheduler(sampler: str = "ddpm", schedule: Schedule | None = None) -> A
 
     kwargs = (schedule or Schedule()).to_dict()
     if sampler == "ddpm":
-        return DDPMScheduler(**kwargs, variance_type="fixed_small", clip_sample=True)
+        # σ² = β_t, Ho et al.'s CIFAR-10 setting (fixedlarge); "trailing" so few steps still start at t = T-1
+        return DDPMScheduler(**kwargs, variance_type="fixed_large", clip_sample=True, timestep_spacing="trailing")
     if sampler == "ddim":
-        return DDIMScheduler(**kwargs, clip_sample=True, set_alpha_to_one=True)
+        return DDIMScheduler(**kwargs, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
     if sampler == "dpm":
         return DPMSolverMultistepScheduler(**kwargs, algorithm_type="dpmsolver++", solver_order=2)
     raise ValueError(f"sampler={sampler!r} is not allowed; choose one of {', '.join(SAMPLERS)}")

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io import atomic_write, read_json
-from ..training import find_checkpoint, load_checkpoint
+from ..io import atomic_write
+from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
 from .ddpm import Schedule, make_scheduler, to_image_range
 from .unet import UNet, UNetConfig
 
@@ -56,12 +56,14 @@ def sample(model: nn.Module, num: int, *, sampler: str = "ddim", steps: int = 50
     return torch.cat(out)
 
 
-def load_model(checkpoint: str | Path, raw: bool = False) -> tuple[UNet, dict[str, Any]]:
-    """The U-Net of a checkpoint folder or run folder, with EMA weights (or the raw ones), in eval mode."""
+def load_model(checkpoint: str | Path, raw: bool = False,
+               device: str | torch.device | None = None) -> tuple[UNet, dict[str, Any]]:
+    """The U-Net of a checkpoint folder or run folder, with EMA weights (or the raw ones), in eval mode,
+    on ``device`` (default: the GPU when there is one)."""
     from torch.optim.swa_utils import AveragedModel
 
     path = find_checkpoint(checkpoint)
-    meta = read_json(path / "state.json")
+    meta = read_checkpoint_state(path)
     if "unet" not in meta.get("state", {}):
         raise ValueError(f"{path}: not a DDPM checkpoint (its state.json has no 'unet' config)")
     model = UNet(UNetConfig.from_dict(meta["state"]["unet"]))
@@ -72,7 +74,8 @@ def load_model(checkpoint: str | Path, raw: bool = False) -> tuple[UNet, dict[st
         load_checkpoint(path, modules={"ema": ema}, restore_rng=False)
         model = ema.module
     meta["path"] = str(path)
-    return model.eval(), meta
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), meta
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

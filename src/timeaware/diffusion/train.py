@@ -198,6 +198,7 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
         write_json(run_dir / "config.json", state)
     acc.wait_for_everyone()
     model, optimizer = acc.prepare(model, optimizer)
+    ema.to(acc.device)  # prepare moves only the model; the EMA must live beside it
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc="ddpm")
     try:
         model.train()
