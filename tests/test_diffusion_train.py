@@ -53,6 +53,14 @@ def test_existing_run_needs_resume(tmp_path):
         train(tmp_path, unet_cfg, cfg, progress=False)
 
 
+def test_resume_refuses_changed_training_settings_but_allows_more_steps(tmp_path):
+    unet_cfg, cfg = tiny_preset("steps=1")
+    train(tmp_path, unet_cfg, cfg, progress=False)
+    with pytest.raises(ValueError, match="was trained with different lr"):
+        train(tmp_path, unet_cfg, cfg.replace(lr=1.0, steps=2), resume=True, progress=False)
+    assert train(tmp_path, unet_cfg, cfg.replace(steps=2), resume=True, progress=False)["step"] == 2
+
+
 def test_ema_and_raw_weights_differ_and_both_load(tmp_path):
     unet_cfg, cfg = tiny_preset("steps=3", "lr=1e-2")
     train(tmp_path, unet_cfg, cfg, progress=False)

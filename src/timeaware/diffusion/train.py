@@ -185,6 +185,12 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
         saved = read_checkpoint_state(found)["state"]
         if saved.get("unet") != state["unet"]:
             raise ValueError(f"{found}: was trained with a different U-Net config; resume with the same --set values")
+        extendable = ("steps", "checkpoint_every", "log_every")  # may change when a run is continued
+        changed = sorted(k for k, v in state["train"].items()
+                         if k not in extendable and saved.get("train", {}).get(k) != v)
+        if changed:
+            raise ValueError(f"{found}: was trained with different {', '.join(changed)}; resume with the same "
+                             "settings or choose another --out")
         if saved.get("processes", 1) != acc.num_processes:  # each process continues its own data stream
             raise ValueError(f"{found}: was trained on {saved.get('processes', 1)} processes, not "
                              f"{acc.num_processes}; resume with the same number of processes")
