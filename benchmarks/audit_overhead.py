@@ -1,18 +1,22 @@
 """Audit overhead: the audit's wall time against the K+1 plain forward passes it makes (goal: ratio <= 1.10).
 
-Anchors measured in the same run: the paper's NODE function (C=64, 8x8, BatchNorm, train mode) and
-diffusers' UNet2DModel in the DDPM CIFAR-10 configuration (35.7M parameters, 32x32, eval mode),
-built offline from its config. Float timesteps are used for both, so the audit makes K passes plus
-one for the time derivative, the same K+1 as the anchor. Each time is the best of ``--repeats`` runs,
-as wall time and as this thread's CPU time (steadier when other processes compete for the cores).
+Anchors measured in the same run: the paper's NODE function (C=64, 8x8, BatchNorm, train mode) on 2
+inputs and on a CIFAR-10 training batch, and diffusers' UNet2DModel in the DDPM CIFAR-10
+configuration (35.7M parameters, 32x32, eval mode), built offline from its config. Float timesteps
+are used for all, so the audit makes K passes plus one for the time derivative, the same K+1 as the
+anchor. Each time is the best of ``--repeats`` interleaved runs, as wall time and as this thread's
+CPU time (steadier when other processes compete for the cores); "faults" is the fewest minor page
+faults of one audit (fresh memory the audit touches: about 2 us each on the development VM).
 
-    PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--timesteps 3] [--repeats 3] [--threads 1]
+    PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--node-batch 128] [--timesteps 3]
+        [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 from collections.abc import Callable
 
@@ -34,20 +38,23 @@ def ddpm_cifar10_unet() -> nn.Module:
                        norm_num_groups=32)
 
 
-def best_of(repeats: int, *fns: Callable[[], object]) -> list[tuple[float, float]]:
-    """Best (wall, CPU) time of each function, run interleaved so that load from other processes hits both alike.
+def best_of(repeats: int, *fns: Callable[[], object]) -> list[tuple[float, float, int]]:
+    """Best (wall, CPU, page faults) of each function, run interleaved so that load from other processes hits all alike.
 
     The CPU time of this thread leaves out the time the process waits for a core, so on a loaded
     machine it is the steadier of the two; it still includes the caches and memory bandwidth that
     other processes take.
     """
-    times: list[list[tuple[float, float]]] = [[] for _ in fns]
+    times: list[list[tuple[float, float, int]]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, spent in zip(fns, times):
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start, cpu = time.perf_counter(), time.thread_time()
             fn()
-            spent.append((time.perf_counter() - start, time.thread_time() - cpu))
-    return [(min(w for w, _ in spent), min(c for _, c in spent)) for spent in times]
+            spent.append((time.perf_counter() - start, time.thread_time() - cpu,
+                          resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    return [(min(w for w, _, _ in spent), min(c for _, c, _ in spent), min(f for _, _, f in spent))
+            for spent in times]
 
 
 def plain_passes(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, call: str) -> None:
@@ -62,36 +69,40 @@ def plain_passes(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, cal
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=2, help="U-Net inputs N (default 2)")
+    parser.add_argument("--node-batch", type=int, default=128,
+                        help="NODE inputs N of the second NODE row (default 128, a CIFAR-10 training batch)")
     parser.add_argument("--timesteps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU, spinning intra-op threads swamp the timings)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    k, n = args.timesteps, args.samples
+    k = args.timesteps
+    node = ODEFunc(64, TimeAware(norm="batch"))
     cases = [
-        ("NODE func (BN, 64x8x8)", ODEFunc(64, TimeAware(norm="batch")), (64, 8, 8), "tx", "train",
-         torch.linspace(0.0, 1.0, k)),
-        ("UNet2DModel DDPM CIFAR-10", ddpm_cifar10_unet(), (3, 32, 32), "xt", "eval",
+        ("NODE func (BN, 64x8x8)", node, 2, (64, 8, 8), "tx", "train", torch.linspace(0.0, 1.0, k)),
+        ("NODE func (BN, 64x8x8)", node, args.node_batch, (64, 8, 8), "tx", "train", torch.linspace(0.0, 1.0, k)),
+        ("UNet2DModel DDPM CIFAR-10", ddpm_cifar10_unet(), args.samples, (3, 32, 32), "xt", "eval",
          torch.linspace(0.0, 999.0, k)),
     ]
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={n}, best of {args.repeats}, load {load}")
-    head = (f"{'model':28} {'params':>11} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
-            f" {'CPU: passes':>12} {'audit':>6} {'ratio':>6}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}, load {load}")
+    head = (f"{'model':26} {'params':>11} {'N':>4} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
+            f" {'CPU: passes':>12} {'audit':>6} {'ratio':>6} {'faults':>7}")
     print(head)
     print("-" * len(head))
-    for name, model, shape, call, mode, timesteps in cases:
+    for name, model, n, shape, call, mode, timesteps in cases:
         model.train(mode == "train")
         x = torch.randn(n, *shape)
         plain_passes(model, x, timesteps, call)  # warm-up
         plain, audited = best_of(args.repeats, lambda m=model, x=x, ts=timesteps, c=call: plain_passes(m, x, ts, c),
                                  lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(m, x, ts, call=c, mode=md))
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name:28} {params:>11,} {k:>3} {plain[0]:>15.3f} {audited[0]:>10.3f} {audited[0] / plain[0]:>6.2f}"
-              f" {plain[1]:>12.3f} {audited[1]:>6.3f} {audited[1] / plain[1]:>6.2f}")
+        print(f"{name:26} {params:>11,} {n:>4} {k:>3} {plain[0]:>15.3f} {audited[0]:>10.3f}"
+              f" {audited[0] / plain[0]:>6.2f} {plain[1]:>12.3f} {audited[1]:>6.3f} {audited[1] / plain[1]:>6.2f}"
+              f" {audited[2]:>7}")
 
 
 if __name__ == "__main__":

@@ -138,6 +138,20 @@ def test_hooks_removed_and_state_restored_on_error() -> None:
     assert torch.equal(model.norm.running_mean, torch.zeros(C))
 
 
+def test_a_model_that_changes_its_input_in_place_is_refused_and_the_caller_keeps_x() -> None:
+    class Scribbler(nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return x.add_(1.0)  # later timesteps would see other inputs
+
+    x = _x()
+    with pytest.raises(ValueError, match="changed its input x in place") as err:
+        audit(Scribbler(), x, T)
+    assert "\n" not in str(err.value)
+    mixed = _x()
+    audit(Scribbler(), mixed, T, batching="mixed", derivative=False)  # mixed batches are gathered copies
+    assert torch.equal(mixed, _x())
+
+
 class Linear(nn.Module):
     """out = x + 3·t with a hooked identity: everything in closed form."""
 

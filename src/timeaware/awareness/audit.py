@@ -168,32 +168,43 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
     k, n = t.shape[0], x.shape[0]
     if batching == "shared":
         mid = int(torch.argsort(t)[k // 2])  # the median timestep's first batch is repeated at t + h
-        pairs = [(torch.full((min(batch, n - s),), kk), torch.arange(s, min(s + batch, n)))
-                 for kk in range(k) for s in range(0, n, batch)]
+        spans = [(kk, s, min(s + batch, n)) for kk in range(k) for s in range(0, n, batch)]
+        pairs = [(torch.full((e - s,), kk), torch.arange(s, e)) for kk, s, e in spans]
         chosen = mid * math.ceil(n / batch)
+
+        def inputs(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # views: no copy of x per call
+            kk, s, e = spans[i]
+            return x[s:e], t[kk].repeat(e - s)
     else:
         order = torch.randperm(k * n, generator=torch.Generator().manual_seed(0))
         pairs = [(order[s:s + batch] // n, order[s:s + batch] % n) for s in range(0, k * n, batch)]
         chosen = 0
+
+        def inputs(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            k_idx, n_idx = pairs[i]
+            return x[n_idx.to(device)], t[k_idx.to(device)]
     shared = batching == "shared"
     rng: torch.Tensor | None = None
     base = torch.empty(0)
+    version = x._version
     for i, (k_idx, n_idx) in enumerate(pairs):
         if i == chosen:
             rng = _rng_state(device)
         capture.start(k_idx, n_idx, device)
-        out = _call(fn, model, x[n_idx.to(device)], t[k_idx.to(device)], shared)
+        out = _call(fn, model, *inputs(i), shared)
+        if x._version != version:
+            raise ValueError("the model changed its input x in place; the audit pairs the same inputs with every "
+                             "timestep, so the model must leave x unchanged (clone it inside forward)")
         if i == chosen:
             base = out.detach().clone()
         capture.keep_output(out)
     capture.where = None
     if not spec["derivative"] or rng is None:
         return None
-    k_idx, n_idx = pairs[chosen]
-    tb = t[k_idx.to(device)]
+    xb, tb = inputs(chosen)
     h = math.sqrt(torch.finfo(tb.dtype).eps) * max(1.0, float(tb.abs().max()))
     _set_rng_state(device, rng)  # same dropout masks as the audited pass
-    moved = _call(fn, model, x[n_idx.to(device)], tb + h, shared).detach()
+    moved = _call(fn, model, xb, tb + h, shared).detach()
     return float((moved.to(torch.float64) - base.to(torch.float64)).abs().mean() / h)
 
 

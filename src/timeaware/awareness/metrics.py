@@ -49,14 +49,15 @@ class Moments:
 
     Each variance is computed from values of its own size, so it is exactly 0 when nothing varies:
 
-    * over inputs, per timestep: f = Y[k, n] - Y[k, 0], Σ_n Var_n Y = (Σ_n f² - (Σ_n f)² / N) / N;
+    * over inputs, per timestep: f = Y[k, n] - Y[k, 0], N·Var_n Y = Σ_n f² - (Σ_n f)² / N per unit;
     * over timesteps, per input and unit: Welford's update of the running mean M over k,
       δ = Y[k, n] - M, M += δ / k, Σ_k (Y - mean_k Y)² += (k - 1) / k · δ², and the same for the
       mean over n (its δ is the mean over n of δ), which η² needs.
 
-    State: M (N × U) and two to four per-unit sums; per call a few elementwise passes over the (N, U) batch
-    through a scratch buffer shared by all sites of an audit. Pooled sums, the interior and η² are
-    taken from the per-unit sums in ``summary``.
+    The per-unit terms of each call are pooled at once (float32 cascaded sums over the units and over
+    the 1-pixel border of a map, accumulated in float64), so the state that outlives a call is M
+    (N × U) and, for η² only, two per-unit sums: fresh memory costs page faults, which on a VM cost
+    more than the pooling. Work buffers come from a scratch pool shared by all sites of an audit.
     """
 
     def __init__(self, dtype: torch.dtype, share: bool = True,
@@ -70,44 +71,80 @@ class Moments:
         self.shape: tuple[int, ...] = ()
 
     def add(self, y: torch.Tensor) -> None:
-        """One timestep: ``y`` holds the N inputs, shape (N, ...), the same (N, ...) at every call.
-
-        Sums over the short N axis are row loops of ``addcmul_`` and a matrix-vector product
-        (``Tensor.sum(0)`` over a short leading axis is several times slower).
-        """
+        """One timestep: ``y`` holds the N inputs, shape (N, ...), the same (N, ...) at every call."""
         if self.k == 0:  # units in memory order (a view, not a copy, for channels-last maps too)
             self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride(i))]
         d = y.detach().permute(self.order).reshape(y.shape[0], -1)
         if d.dtype != self.compute:
             d = d.to(self.compute)
+        n, units = d.shape
         if self.k == 0:
-            self.n, self.shape = d.shape[0], tuple(y.shape[1:])
-            self.ones = d.new_ones(self.n)
-            self.mean = d.clone()  # per input and unit: the running mean over k
-            # per unit: Σ f², Σ_n M2 over k, then Σ (Σ_n f)² for N > 2 and M2 of the mean over n for η²
-            self.sums = d.new_zeros(2 + (self.n > 2) + self.share, d.shape[1])
-        tmp = self._buffer(tuple(d.shape), d)
-        f2, t2, *rest = self.sums
+            self._start(d, tuple(y.shape[1:]))
+        tmp = self._buffer((n, units), d)
+        rows = self._buffer((2, units), d, "rows")  # per unit: Σ_n δ², then Σ_n f² - (Σ_n f)² / N
         f = torch.sub(d[1:], d[0], out=tmp[1:])
-        for row in f:
-            f2.addcmul_(row, row)
-        if self.n > 2:  # with N = 2, Σ_n f is the one row of f and Σ (Σ_n f)² = Σ f²
-            s = self.ones[1:] @ f
-            rest[0].addcmul_(s, s)
-        if self.k:
+        s = self.ones[1:] @ f if n > 2 else None  # with N = 2, Σ_n f = f: N·Var_n = f² / 2, kept as f²
+        self._square_sum(f, rows[1])
+        if s is not None:
+            rows[1].addcmul_(s, s, value=-1.0 / n).clamp_min_(0)
+        if self.share:
+            self.unit[0].add_(rows[1])
+        if self.k == 0:
+            self._pool(rows[1:], 0.0)
+        else:
             k = self.k + 1
             delta = torch.sub(d, self.mean, out=tmp)
             self.mean.add_(delta, alpha=1.0 / k)
-            for row in delta:
-                t2.addcmul_(row, row, value=(k - 1) / k)
             if self.share:
-                dh = self.ones @ delta
-                rest[-1].addcmul_(dh, dh, value=(k - 1) / (k * self.n * self.n))
+                dh = torch.add(delta[0], delta[1]) if n == 2 else self.ones @ delta
+                self.unit[1].addcmul_(dh, dh, value=(k - 1) / (k * n * n))
+            self._square_sum(delta, rows[0])
+            self._pool(rows, (k - 1) / k)
         self.k += 1
 
-    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """A work buffer from the shared scratch pool (the sites are summarized one after another)."""
-        key = (shape, like.dtype, like.device)
+    def _start(self, d: torch.Tensor, shape: tuple[int, ...]) -> None:
+        self.n, self.shape = d.shape[0], shape
+        self.ones = d.new_ones(self.n)
+        self.mean = d.clone()  # per input and unit: the running mean over k
+        self.border = self._border(d.device) if len(shape) == 3 and min(shape[1:]) >= 3 else None
+        # per call: the Welford weight of rows[0] and, for each row, its sum over all units and over the border
+        self.pooled: list[tuple[float, torch.Tensor, torch.Tensor | None]] = []
+        # 1/N for N·Var_n, 1/4 for N = 2 where rows[1] holds f² = 2N·Var_n
+        self.sample_scale = 0.25 if self.n == 2 else 1.0 / self.n
+        if self.share:  # per unit: Σ_k of rows[1], Σ_k (Y - mean_k Y)² of the mean over n
+            self.unit = d.new_zeros(2, d.shape[1])
+
+    def _border(self, device: torch.device) -> torch.Tensor:
+        """Positions, in memory order, of the 1-pixel border of the (C, H, W) map; cached per layout."""
+        key = ("border", self.shape, tuple(self.order), device)
+        if key not in self.scratch:
+            mask = torch.zeros(self.shape, dtype=torch.bool, device=device)
+            mask[:, [0, -1]] = True
+            mask[:, :, [0, -1]] = True
+            self.scratch[key] = mask.permute([i - 1 for i in self.order[1:]]).reshape(-1).nonzero().squeeze(1)
+        return self.scratch[key]
+
+    def _square_sum(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """out = Σ over the rows of x², per unit; may overwrite x.
+
+        Row loops of ``addcmul_`` for long rows, else one matrix-vector product over the squares (measured:
+        ``Tensor.sum(0)`` over a short leading axis is several times slower than either).
+        """
+        if x.shape[1] >= 32768 or x.shape[0] < 3:
+            torch.mul(x[0], x[0], out=out)
+            for row in x[1:]:
+                out.addcmul_(row, row)
+        else:
+            torch.mv(x.square_().T, self.ones[:x.shape[0]], out=out)
+
+    def _pool(self, rows: torch.Tensor, weight: float) -> None:
+        """Keep each row's sum over all units and over the border (on the device: no sync until ``summary``)."""
+        border = None if self.border is None else rows.index_select(1, self.border).sum(1)
+        self.pooled.append((weight, rows.sum(1), border))
+
+    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
+        """A work buffer from the shared scratch pool (the sites are folded in one after another)."""
+        key = (tag, shape, like.dtype, like.device)
         buf = self.scratch.get(key)
         if buf is None:
             buf = self.scratch[key] = like.new_empty(shape)
@@ -119,25 +156,23 @@ class Moments:
         if k < 2:
             raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
         n = self.n
-        f2, t2, *rest = self.sums
-        per_unit = self._buffer((2, f2.numel()), f2)  # Σ_n Var_k Y and Σ_k Var_n Y, per unit
-        torch.mul(t2, 1.0 / k, out=per_unit[0])
-        if n == 2:  # Σ_n f = f: (f² - f² / 2) / 2
-            torch.mul(f2, 0.25, out=per_unit[1])
-        else:
-            torch.add(f2, rest[0], alpha=-1.0 / n, out=per_unit[1]).div_(n).clamp_min_(0)
-        sums = per_unit.sum(1, dtype=torch.float64)  # cascaded float32 sums: rounding stays near eps
-        whole = _snr(*sums.tolist(), k, n)
+        parts = [part for _, whole, border in self.pooled for part in (whole, border) if part is not None]
+        values = iter(torch.cat(parts).tolist())  # one sync; float32 sums accumulated in float64
+        time, samples = [0.0, 0.0], [0.0, 0.0]  # over all units, over the border
+        for weight, whole, border in self.pooled:
+            for part in range(1 if border is None else 2):
+                if whole.numel() == 2:
+                    time[part] += weight * next(values)
+                samples[part] += next(values)
+        scale = self.sample_scale
+        whole = _snr(time[0] / k, samples[0] * scale, k, n)  # Σ_{n,u} Var_k Y, Σ_{k,u} Var_n Y
         inside = math.nan
-        if len(self.shape) == 3 and min(self.shape[1:]) >= 3:  # the interior: all but the 1-pixel border
-            stored = per_unit.view(2, *(self.shape[i - 1] for i in self.order[1:]))
-            m = stored.permute(0, *(self.order.index(i) for i in range(1, 4)))  # (2, C, H, W)
-            border = [m[:, :, 0], m[:, :, -1], m[:, :, 1:-1, 0], m[:, :, 1:-1, -1]]
-            inside = _snr(*(sums - sum(b.sum((1, 2), dtype=torch.float64) for b in border)).tolist(), k, n)
+        if self.border is not None:
+            inside = _snr((time[0] - time[1]) / k, (samples[0] - samples[1]) * scale, k, n)
         eta2 = math.nan
         if self.share:
-            between = rest[-1] / k                                                     # Var_k of the mean over n
-            total = per_unit[1].div_(k).add_(between)                           # Var_{k,n}: law of total variance
+            between = self.unit[1] / k                                           # Var_k of the mean over n
+            total = self.unit[0].mul(self.sample_scale / k).add_(between)    # Var_{k,n}: law of total variance
             level = self.ones.div(n) @ self.mean
             eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
             tiny = torch.finfo(self.compute).tiny
