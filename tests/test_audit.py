@@ -210,15 +210,17 @@ def _reference(y: torch.Tensor) -> tuple[float, float, float]:
     return pooled(y), pooled(y[..., 1:-1, 1:-1]), eta2
 
 
-def test_running_moments_match_the_definitions_in_any_order_and_in_float32() -> None:
+@pytest.mark.parametrize("shape", [(5, 4, 2, 6, 7), (5, 2, 2, 6, 7), (3, 3, 2, 128, 128)],
+                         ids=["short rows", "two inputs", "long rows"])  # each way of summing over the inputs
+def test_running_moments_match_the_definitions_in_any_order_and_in_float32(shape: tuple[int, ...]) -> None:
     gen = torch.Generator().manual_seed(3)
-    big = torch.randn(5, 4, 2, 6, 7, dtype=torch.float64, generator=gen) * 3 + 100  # a level far above the spread
-    big += torch.linspace(0, 1, 5, dtype=torch.float64)[:, None, None, None, None]  # a time signal
+    big = torch.randn(*shape, dtype=torch.float64, generator=gen) * 3 + 100  # a level far above the spread
+    big += torch.linspace(0, 1, shape[0], dtype=torch.float64)[:, None, None, None, None]  # a time signal
     kept = big.clone()
     want = _reference(big)
     whole = summarize(big)
     assert torch.equal(big, kept)  # the data is not shifted in place
-    shuffled = summarize(big[torch.tensor([3, 0, 4, 1, 2])])
+    shuffled = summarize(big[torch.randperm(shape[0], generator=gen)])
     single = summarize(big.float())
     for got, rel in ((whole, 1e-12), (shuffled, 1e-12), (single, 1e-5)):  # float32 data: float32 sums
         assert (got.snr, got.interior_snr, got.time_share) == pytest.approx(want, rel=rel)
