@@ -5,11 +5,12 @@ inputs and on a CIFAR-10 training batch, and diffusers' UNet2DModel in the DDPM 
 configuration (35.7M parameters, 32x32, eval mode), built offline from its config. Float timesteps
 are used for all, so the audit makes K passes plus one for the time derivative, the same K+1 as the
 anchor. Each time is the best of ``--repeats`` interleaved runs, as wall time and as this thread's
-CPU time (steadier when other processes compete for the cores); "faults" is the fewest minor page
-faults of one audit (fresh memory the audit touches: about 2 us each on the development VM).
+CPU time (steadier when other processes compete for the cores); "paired" is the median over the
+repeats of each audit's CPU time over that of the passes run just before it, and "faults" the fewest
+minor page faults of one audit (fresh memory the audit touches: about 2 us each on the development VM).
 
     PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--node-batch 128] [--timesteps 3]
-        [--repeats 5] [--threads 1]
+        [--repeats 5] [--threads 1] [--models all|node|unet]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable
 
@@ -38,8 +40,8 @@ def ddpm_cifar10_unet() -> nn.Module:
                        norm_num_groups=32)
 
 
-def best_of(repeats: int, *fns: Callable[[], object]) -> list[tuple[float, float, int]]:
-    """Best (wall, CPU, page faults) of each function, run interleaved so that load from other processes hits all alike.
+def timed(repeats: int, *fns: Callable[[], object]) -> list[list[tuple[float, float, int]]]:
+    """(wall, CPU, page faults) of each run of each function, run interleaved so that load hits all alike.
 
     The CPU time of this thread leaves out the time the process waits for a core, so on a loaded
     machine it is the steadier of the two; it still includes the caches and memory bandwidth that
@@ -53,8 +55,7 @@ def best_of(repeats: int, *fns: Callable[[], object]) -> list[tuple[float, float
             fn()
             spent.append((time.perf_counter() - start, time.thread_time() - cpu,
                           resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
-    return [(min(w for w, _, _ in spent), min(c for _, c, _ in spent), min(f for _, _, f in spent))
-            for spent in times]
+    return times
 
 
 def plain_passes(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, call: str) -> None:
@@ -74,6 +75,7 @@ def main() -> None:
                         help="NODE inputs N of the second NODE row (default 128, a CIFAR-10 training batch)")
     parser.add_argument("--timesteps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", choices=("all", "node", "unet"), default="all", help="which rows to time")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU, spinning intra-op threads swamp the timings)")
     args = parser.parse_args()
@@ -87,22 +89,25 @@ def main() -> None:
         ("UNet2DModel DDPM CIFAR-10", ddpm_cifar10_unet(), args.samples, (3, 32, 32), "xt", "eval",
          torch.linspace(0.0, 999.0, k)),
     ]
+    cases = [c for c in cases if args.models == "all" or c[0].lower().startswith(args.models)]
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}, load {load}")
     head = (f"{'model':26} {'params':>11} {'N':>4} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
-            f" {'CPU: passes':>12} {'audit':>6} {'ratio':>6} {'faults':>7}")
+            f" {'CPU: passes':>12} {'audit':>6} {'ratio':>6} {'paired':>6} {'faults':>7}")
     print(head)
     print("-" * len(head))
     for name, model, n, shape, call, mode, timesteps in cases:
         model.train(mode == "train")
         x = torch.randn(n, *shape)
         plain_passes(model, x, timesteps, call)  # warm-up
-        plain, audited = best_of(args.repeats, lambda m=model, x=x, ts=timesteps, c=call: plain_passes(m, x, ts, c),
-                                 lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(m, x, ts, call=c, mode=md))
+        runs = timed(args.repeats, lambda m=model, x=x, ts=timesteps, c=call: plain_passes(m, x, ts, c),
+                     lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(m, x, ts, call=c, mode=md))
+        plain, audited = ([min(run[i] for run in spent) for i in range(3)] for spent in runs)
+        paired = statistics.median(a[1] / p[1] for p, a in zip(*runs))  # each audit against the passes beside it
         params = sum(p.numel() for p in model.parameters())
         print(f"{name:26} {params:>11,} {n:>4} {k:>3} {plain[0]:>15.3f} {audited[0]:>10.3f}"
               f" {audited[0] / plain[0]:>6.2f} {plain[1]:>12.3f} {audited[1]:>6.3f} {audited[1] / plain[1]:>6.2f}"
-              f" {audited[2]:>7}")
+              f" {paired:>6.2f} {audited[2]:>7}")
 
 
 if __name__ == "__main__":

@@ -81,25 +81,28 @@ class Moments:
         if self.k == 0:
             self._start(d, tuple(y.shape[1:]))
         tmp = self._buffer((n, units), d)
-        rows = self._buffer((2, units), d, "rows")  # per unit: Σ_n δ², then Σ_n f² - (Σ_n f)² / N
+        row = self._buffer((units,), d, "row")  # one per-unit term, pooled right away
         f = torch.sub(d[1:], d[0], out=tmp[1:])
-        s = self.ones[1:] @ f if n > 2 else None  # with N = 2, Σ_n f = f: N·Var_n = f² / 2, kept as f²
-        self._square_sum(f, rows[1])
-        if s is not None:
-            rows[1].addcmul_(s, s, value=-1.0 / n).clamp_min_(0)
-        if self.share:
-            self.unit[0].add_(rows[1])
-        if self.k == 0:
-            self._pool(rows[1:], 0.0)
+        if n == 2 and self.share:  # Σ_n f = f: N·Var_n = f² / 2, kept as f²
+            self.unit[0].addcmul_(f[0], f[0])
         else:
+            s = self.ones[1:] @ f if n > 2 else None
+            self._square_sum(f, row)
+            if s is not None:
+                row.addcmul_(s, s, value=-1.0 / n).clamp_min_(0)
+            if self.share:
+                self.unit[0].add_(row)
+            else:
+                self.samples.append(self._pooled(row))
+        if self.k:
             k = self.k + 1
             delta = torch.sub(d, self.mean, out=tmp)
             self.mean.add_(delta, alpha=1.0 / k)
             if self.share:
                 dh = torch.add(delta[0], delta[1]) if n == 2 else self.ones @ delta
                 self.unit[1].addcmul_(dh, dh, value=(k - 1) / (k * n * n))
-            self._square_sum(delta, rows[0])
-            self._pool(rows, (k - 1) / k)
+            self._square_sum(delta, row)
+            self.times.append(self._pooled(row, (k - 1) / k))
         self.k += 1
 
     def _start(self, d: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -107,11 +110,12 @@ class Moments:
         self.ones = d.new_ones(self.n)
         self.mean = d.clone()  # per input and unit: the running mean over k
         self.border = self._border(d.device) if len(shape) == 3 and min(shape[1:]) >= 3 else None
-        # per call: the Welford weight of rows[0] and, for each row, its sum over all units and over the border
-        self.pooled: list[tuple[float, torch.Tensor, torch.Tensor | None]] = []
-        # 1/N for N·Var_n, 1/4 for N = 2 where rows[1] holds f² = 2N·Var_n
+        # per call, pooled: (weight, Σ over all units, Σ over the border) of Σ_n δ² and of N·Var_n
+        self.times: list[tuple[float, torch.Tensor, torch.Tensor | None]] = []
+        self.samples: list[tuple[float, torch.Tensor, torch.Tensor | None]] = []
+        # 1/N for N·Var_n, 1/4 for N = 2 where f² = 2N·Var_n is kept
         self.sample_scale = 0.25 if self.n == 2 else 1.0 / self.n
-        if self.share:  # per unit: Σ_k of rows[1], Σ_k (Y - mean_k Y)² of the mean over n
+        if self.share:  # per unit: Σ_k N·Var_n (or f²), Σ_k (Y - mean_k Y)² of the mean over n
             self.unit = d.new_zeros(2, d.shape[1])
 
     def _border(self, device: torch.device) -> torch.Tensor:
@@ -137,10 +141,9 @@ class Moments:
         else:
             torch.mv(x.square_().T, self.ones[:x.shape[0]], out=out)
 
-    def _pool(self, rows: torch.Tensor, weight: float) -> None:
-        """Keep each row's sum over all units and over the border (on the device: no sync until ``summary``)."""
-        border = None if self.border is None else rows.index_select(1, self.border).sum(1)
-        self.pooled.append((weight, rows.sum(1), border))
+    def _pooled(self, row: torch.Tensor, weight: float = 1.0) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+        """The row's sum over all units and over the border, kept on the device (no sync until ``summary``)."""
+        return weight, row.sum(), None if self.border is None else row.index_select(0, self.border).sum()
 
     def _buffer(self, shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
         """A work buffer from the shared scratch pool (the sites are folded in one after another)."""
@@ -156,19 +159,24 @@ class Moments:
         if k < 2:
             raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
         n = self.n
-        parts = [part for _, whole, border in self.pooled for part in (whole, border) if part is not None]
-        values = iter(torch.cat(parts).tolist())  # one sync; float32 sums accumulated in float64
-        time, samples = [0.0, 0.0], [0.0, 0.0]  # over all units, over the border
-        for weight, whole, border in self.pooled:
-            for part in range(1 if border is None else 2):
-                if whole.numel() == 2:
-                    time[part] += weight * next(values)
-                samples[part] += next(values)
+        samples = self.samples + ([self._pooled(self.unit[0])] if self.share else [])
+        groups = (self.times, samples)
+        parts = [p for group in groups for _, whole, border in group for p in (whole, border) if p is not None]
+        values = iter(torch.stack(parts).tolist())  # one sync; float32 sums accumulated in float64
+        totals = []
+        for group in groups:  # Σ_n M2 over k, then Σ_k N·Var_n: over all units and over the border
+            whole_sum = border_sum = 0.0
+            for weight, _, border in group:
+                whole_sum += weight * next(values)
+                if border is not None:
+                    border_sum += weight * next(values)
+            totals.append((whole_sum, border_sum))
+        (time, time_border), (sample, sample_border) = totals
         scale = self.sample_scale
-        whole = _snr(time[0] / k, samples[0] * scale, k, n)  # Σ_{n,u} Var_k Y, Σ_{k,u} Var_n Y
+        whole = _snr(time / k, sample * scale, k, n)  # Σ_{n,u} Var_k Y, Σ_{k,u} Var_n Y
         inside = math.nan
         if self.border is not None:
-            inside = _snr((time[0] - time[1]) / k, (samples[0] - samples[1]) * scale, k, n)
+            inside = _snr((time - time_border) / k, (sample - sample_border) * scale, k, n)
         eta2 = math.nan
         if self.share:
             between = self.unit[1] / k                                           # Var_k of the mean over n
