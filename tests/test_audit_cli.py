@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,3 +96,50 @@ def test_module_entry_point_reports_bad_model_in_one_line() -> None:
                           env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("timeaware: error:")
+
+
+def test_a_ddpm_run_folder_is_audited_with_its_ema_unet_image_shape_and_integer_steps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from timeaware.awareness import audit
+    from timeaware.diffusion.sampling import load_model as load_unet
+    from timeaware.diffusion.train import preset, train
+
+    unet_cfg, cfg = preset("quick", ["channels=8", "groups=4", "data_limit=32", "batch_size=16", "steps=2",
+                                     "checkpoint_every=2", "warmup=1"])
+    train(tmp_path, unet_cfg, cfg, progress=False)
+    got = _json(capsys, str(tmp_path), *SMALL)
+    torch.manual_seed(0)  # as the CLI: seed, build the model, draw the inputs
+    unet = load_unet(tmp_path, device="cpu")[0]  # the EMA weights, as sampling uses them
+    want = audit(unet, torch.randn(4, 1, 8, 8), torch.tensor([0, 500, 999]), mode="eval")
+    assert got["summary"]["mode"] == "eval" and got["summary"]["output_dt"] is None  # integer steps: no d/dt
+    survival = [math.nan if a["survival"] is None else a["survival"] for a in got["layers"]]
+    assert survival == pytest.approx([a.survival for a in want.layers], rel=1e-9, nan_ok=True)
+    assert len(got["layers"]) == sum(isinstance(m, nn.GroupNorm) for m in unet.modules())
+
+
+def test_a_node_run_folder_is_audited_through_its_trained_ode_function(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from timeaware.node import preset, train_classifier
+    from timeaware.specs import load_model
+
+    cfg = preset("quick").with_overrides({"limit": 32, "test_limit": 16, "channels": 8, "groups": 4,
+                                          "batch_size": 16, "epochs": 1, "padding": 0})
+    trained = train_classifier(cfg, tmp_path, progress=False).model.block.func
+    func, record = load_model(str(tmp_path))
+    assert record["kind"] == "timeaware-node-func" and func.input_shape == (8, 4, 4)  # 16x16 digits, two stride-2
+    assert all(torch.equal(a, b) for a, b in zip(func.state_dict().values(), trained.state_dict().values()))
+    got = _json(capsys, str(tmp_path), *SMALL)
+    assert got["summary"]["mode"] == "train" and got["summary"]["call"] == "tx"
+    assert [a["name"] for a in got["layers"]] == ["norm1", "norm2", "norm3"]
+    assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(tmp_path / "fixed")]) == 0
+    capsys.readouterr()
+    from timeaware.repair import load_fixed
+
+    fixed = load_fixed(tmp_path / "fixed")
+    assert [m.num_groups for m in (fixed.norm1, fixed.norm2, fixed.norm3)] == [1, 1, 1]
+    state_file = next((tmp_path / "checkpoints").glob("step-*")) / "state.json"
+    meta = json.loads(state_file.read_text())
+    del meta["state"]["input_shape"]  # a checkpoint from before the shape was recorded
+    state_file.write_text(json.dumps(meta))
+    assert main(["audit", str(tmp_path)]) == 2
+    assert "does not record its input shape" in capsys.readouterr().err

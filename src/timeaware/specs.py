@@ -4,6 +4,7 @@ A model *spec* is one of:
 
 * a diffusers folder (``config.json`` with ``_class_name``; weights from ``save_pretrained`` if present)
   or a diffusers ``config.json`` file: built offline, never downloaded;
+* a timeaware run or checkpoint folder: a DDPM run's U-Net (EMA weights) or a NODE run's ODE function;
 * an import path ``package.module:factory`` whose factory returns an ``nn.Module`` (keyword strings
   from the CLI's ``--set key=value`` are passed to it).
 
@@ -47,7 +48,10 @@ def parse_pairs(pairs: list[str]) -> dict[str, str]:
 def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a spec names; returns it and the record ``build_base`` rebuilds it from."""
     if is_model_path(spec):
-        return _diffusers(Path(spec))
+        path = Path(spec)
+        if path.is_dir() and ((path / "state.json").is_file() or (path / "checkpoints").is_dir()):
+            return _timeaware_run(path)
+        return _diffusers(path)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr.isidentifier():
         raise ValueError(f"MODEL {spec!r} is not allowed; give a diffusers folder or config.json, or an import "
@@ -65,8 +69,19 @@ def build_base(record: dict[str, Any]) -> nn.Module:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise ValueError(f"diffusers has no model class {record.get('class')!r}")
         return cls.from_config(record["config"])
+    if record.get("kind") == "timeaware-unet":
+        from .diffusion.unet import UNet, UNetConfig
+
+        return UNet(UNetConfig.from_dict(record["config"]))
+    if record.get("kind") == "timeaware-node-func":
+        from .config import TimeAware
+        from .node.func import ODEFunc
+
+        return ODEFunc(record["channels"], TimeAware.from_dict(record["config"]), time=record["time"],
+                       size=tuple(record["size"]))
     if record.get("kind") != "factory":
-        raise ValueError(f"unknown model record kind {record.get('kind')!r}; expected diffusers or factory")
+        raise ValueError(f"unknown model record kind {record.get('kind')!r}; expected diffusers, factory, "
+                         "timeaware-unet or timeaware-node-func")
     spec, kwargs = record["target"], record.get("kwargs", {})
     module_name, _, attr = spec.partition(":")
     try:
@@ -101,8 +116,39 @@ def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, {**record, "config": dict(model.config)}
 
 
+def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A timeaware DDPM run's U-Net (EMA weights) or NODE run's ODE function, from its latest checkpoint."""
+    from .training import find_checkpoint, load_checkpoint, read_checkpoint_state
+
+    found = find_checkpoint(path)
+    state = read_checkpoint_state(found)["state"]
+    if "unet" in state:
+        from .diffusion.sampling import load_model as load_unet
+
+        return load_unet(found, device="cpu")[0], {"kind": "timeaware-unet", "config": state["unet"]}
+    if "config" not in state:
+        raise ValueError(f"{found}: not a timeaware DDPM or NODE checkpoint (its state.json has no 'unet' or 'config')")
+    if "input_shape" not in state:
+        raise ValueError(f"{found}: this NODE checkpoint does not record its input shape (written before 2026-12-03); "
+                         "train it again, or audit its ODE function through an import path")
+    from .node.model import NodeClassifier, state_size
+    from .node.run_config import NodeRunConfig
+
+    cfg = NodeRunConfig.from_dict(state["config"])
+    channels, h, w = state["input_shape"]
+    classifier = NodeClassifier(channels, state["num_classes"], (h, w), channels=cfg.channels, config=cfg.model,
+                                time=cfg.time, solver=cfg.solver, dropout=cfg.dropout)
+    load_checkpoint(found, modules={"model": classifier}, restore_rng=False)
+    record = {"kind": "timeaware-node-func", "channels": cfg.channels, "config": cfg.model.to_dict(),
+              "time": cfg.time, "size": list(state_size((h, w)))}
+    return classifier.block.func.eval(), record
+
+
 def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """(C, H, W) of one input when the model says it (a diffusers ``sample_size``), else None."""
+    """(C, H, W) of one input when the model says it (``input_shape``, a diffusers ``sample_size``), else None."""
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:
+        return tuple(shape)
     config = getattr(model, "config", None)
     size = getattr(config, "sample_size", None)
     if size is None or getattr(config, "in_channels", None) is None:
@@ -125,8 +171,10 @@ def detect_call(model: nn.Module) -> str | CallFn:
 
 
 def default_timesteps(model: nn.Module, k: int = 8) -> torch.Tensor:
-    """K integer diffusion steps for diffusers models, K values of t in [0, 1] otherwise."""
-    if type(model).__module__.startswith("diffusers"):
-        steps = int(getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
+    """K integer diffusion steps for diffusion models (diffusers', or one with ``num_train_timesteps``),
+    K values of t in [0, 1] otherwise."""
+    steps = getattr(model, "num_train_timesteps", None)
+    if steps is not None or type(model).__module__.startswith("diffusers"):
+        steps = int(steps or getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
         return torch.linspace(0, steps - 1, k).round().long()
     return torch.linspace(0.0, 1.0, k)

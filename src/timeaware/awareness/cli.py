@@ -1,22 +1,25 @@
 """Measure how much of the timestep survives each normalization layer of a model (and find risky sites).
 
 MODEL is a built-in name, a diffusers folder or config.json (e.g. a UNet2DModel's save_pretrained
-folder; built offline), or an import path ``package.module:factory`` whose factory returns an nn.Module
-(``--set key=value`` pairs are then passed to it as keyword strings).
+folder; built offline), a timeaware run or checkpoint folder (a DDPM run's U-Net with its EMA weights,
+a NODE run's ODE function), or an import path ``package.module:factory`` whose factory returns an
+nn.Module (``--set key=value`` pairs are then passed to it as keyword strings).
 
 Built-in models (``--set`` changes their TimeAware fields, e.g. ``--set norm=batch``):
   node-func      the paper's NODE function [N-Act-ConcatConv-N-Act-ConcatConv-N], C=64 on an 8x8 state
   node-func-mlp  the same with an additive MLP timestep embedding (the paper's Table 2 model)
-Their defaults follow an ODE solve during training: every call shares one t (``--batching shared``)
-with the norms in train mode (``--mode train``), t in [0, 1]. Other models default to ``--mode eval
---batching shared`` (sampling); the call is detected (``forward(t, x)`` → tx, a block taking a time
-embedding gets sinusoidal features of t, else xt), and t is integer steps 0..T-1 for diffusers models
-and [0, 1] otherwise; the input shape comes from a diffusers sample_size.
+Their defaults, and those of a NODE run's ODE function, follow an ODE solve during training: every
+call shares one t (``--batching shared``) with the norms in train mode (``--mode train``), t in [0, 1].
+Other models default to ``--mode eval --batching shared`` (sampling); the call is detected
+(``forward(t, x)`` → tx, a block taking a time embedding gets sinusoidal features of t, else xt), and t
+is integer steps 0..T-1 for diffusion models (diffusers', a DDPM run's) and [0, 1] otherwise; the input
+shape comes from the model (a diffusers sample_size, a run's recorded image or state shape).
 
 examples:
   timeaware audit node-func --set norm=batch
   timeaware audit node-func --set norm=batch --set positional=linear --json
   timeaware audit path/to/unet_folder --json
+  timeaware audit runs/ddpm-quick
   timeaware audit mypkg.models:build_unet --input-shape 3,32,32 --batching mixed --mode train
 """
 
@@ -35,7 +38,7 @@ NODE_SHAPE = (64, 8, 8)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help=f"{' | '.join(BUILTINS)} | diffusers folder or config.json | "
-                        "package.module:factory")
+                        "timeaware run folder | package.module:factory")
     parser.add_argument("--set", dest="pairs", action="append", default=[], metavar="KEY=VALUE",
                         help="a TimeAware field of a built-in model, or a keyword for an import path's factory")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
@@ -46,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shared: one t per call (ODE solve, sampling); mixed: mixed t per batch (diffusion "
                              "training). Default shared")
     parser.add_argument("--mode", choices=("train", "eval"), default=None,
-                        help="norms in train or eval mode (default: train for built-ins, eval for import paths)")
+                        help="norms in train or eval mode (default: train for NODE functions, eval for others)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the model's initialisation and the inputs")
     parser.add_argument("--input-shape", metavar="C,H,W", help=f"input shape per sample (built-ins: "
                         f"{','.join(map(str, NODE_SHAPE))})")
@@ -57,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..node import ODEFunc
     from ..specs import default_input_shape, default_timesteps, detect_call, load_model, parse_pairs
     from . import audit, find_vanishing_sites
 
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         timesteps = _timesteps(args.t_range, args.timesteps)
     else:
         timesteps = _timesteps("0.0,1.0", args.timesteps) if builtin else default_timesteps(model, args.timesteps)
-    mode = args.mode or ("train" if builtin else "eval")
+    mode = args.mode or ("train" if builtin or isinstance(model, ODEFunc) else "eval")
     report = audit(model, x, timesteps, call=args.call or ("tx" if builtin else detect_call(model)),
                    batching=args.batching, mode=mode)
     sites = find_vanishing_sites(model)

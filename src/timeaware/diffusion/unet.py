@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from ..config import TimeAware, check_positive
 from ..embeddings import TimestepMLP, as_time, make_activation, make_time_map
 from ..layers import ScaleShift, TimeConv2d, make_norm
+from .ddpm import Schedule
 
 
 def ddpm_time_config() -> TimeAware:
@@ -153,6 +154,13 @@ class Stage(nn.Module):
 
 class UNet(nn.Module):
     """ε-prediction U-Net: ``model(x_t, t)`` with t a (B,) tensor of integer or float timesteps."""
+
+    num_train_timesteps = Schedule.num_train_timesteps  # the diffusion steps t it is trained on (the audit's range)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image (the audit's default input shape)."""
+        return self.config.in_channels, self.config.image_size, self.config.image_size
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ class ODEFunc(nn.Module):
         if time not in TIME_INPUTS:
             raise ValueError(f"time={time!r} is not allowed; choose one of {', '.join(TIME_INPUTS)}")
         self.config, self.time, self.channels = config, time, channels
+        self.size = None if size is None else (int(size[0]), int(size[1]))
         self.norm1, self.norm2, self.norm3 = (make_norm(config, channels) for _ in range(3))
         self.act = make_activation(config.activation)
         if time == "concat":
@@ -41,6 +42,11 @@ class ODEFunc(nn.Module):
             self.embed = TimestepMLP(emb_dim, emb_dim, config, t_scale=1000.0)
             self.conv1, self.conv2 = (TimeConv2d(channels, channels, 3, config=config, offset="embedding",
                                                  emb_dim=emb_dim, size=size, t_scale=1000.0) for _ in range(2))
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) of one state when the size is known (the audit's default input shape)."""
+        return None if self.size is None else (self.channels, *self.size)
 
     def _conv(self, i: int, t: torch.Tensor, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         conv = self.conv1 if i == 1 else self.conv2

@@ -189,7 +189,8 @@ def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) ->
             log.write(row)
             save_checkpoint(out, step=epoch, modules={"model": _unwrap(model)}, optimizer=opt, scheduler=sched,
                             generators={"data": gen},
-                            state={"epoch": epoch, "best": best, "metrics": row, "config": cfg.to_dict()})
+                            state={"epoch": epoch, "best": best, "metrics": row, "config": cfg.to_dict(),
+                                   "input_shape": list(train.x.shape[1:]), "num_classes": train.num_classes})
             if progress:
                 tqdm.write(_describe(row, cfg.solver.adjoint))
         acc.wait_for_everyone()

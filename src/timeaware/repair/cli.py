@@ -18,7 +18,8 @@ from .persist import save_fixed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a diffusers folder or config.json, or an import path package.module:factory")
+    parser.add_argument("model", help="a diffusers folder or config.json, a timeaware run folder, or an import path "
+                        "package.module:factory")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, fix.json, report.json")
     parser.add_argument("--positional", choices=POSITIONAL_FORMS, default=None,
                         help="add a positional timestep embedding (diffusers resnets always use mlp)")
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for a factory (repeatable)")
     parser.add_argument("--input-shape", default=None, metavar="C,H,W",
-                        help="one input's shape (default: from a diffusers config)")
+                        help="one input's shape (default: from the model, e.g. a diffusers config or a run)")
     parser.add_argument("--samples", type=int, default=8, help="inputs used to find sizes and to audit (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed for a factory's init and the inputs")
 
@@ -53,7 +54,7 @@ def _shape(text: str | None, model: torch.nn.Module) -> tuple[int, ...]:
     if text is None:
         shape = default_input_shape(model)
         if shape is None:
-            raise ValueError("--input-shape C,H,W is needed for this model (it has no diffusers sample_size)")
+            raise ValueError("--input-shape C,H,W is needed for this model (it does not say its input shape)")
         return shape
     try:
         shape = tuple(int(v) for v in text.split(","))
