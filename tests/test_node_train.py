@@ -103,3 +103,21 @@ def test_metrics_written_before_a_crash_without_checkpoint_are_not_kept(tmp_path
     train_classifier(_tiny(epochs=1), run, resume=True, progress=False)
     records = _records(run)
     assert [r["epoch"] for r in records] == [1] and records[0]["train_loss"] != 9.9
+
+
+@pytest.mark.parametrize(("rank", "error", "shown"), [
+    ("0", "solver", "timeaware: error: ODE solve failed (max_num_steps exceeded)"),
+    ("1", "solver", "timeaware: error (rank 1): ODE solve failed (max_num_steps exceeded)"),  # torchrun stops the rest
+    ("1", "loss", ""),  # the loss is checked after the all-reduce: every rank stops, rank 0 reports
+])
+def test_a_solver_failure_is_reported_by_the_rank_it_happened_on(rank, error, shown, monkeypatch, capsys, tmp_path):
+    from timeaware.node import SolverError, train
+    from timeaware.training import NonFiniteLoss
+
+    def fail(*args, **kwargs):
+        raise SolverError("ODE solve failed (max_num_steps exceeded)") if error == "solver" else NonFiniteLoss("nan")
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(train, "train_classifier", fail)
+    assert main(["train", "node", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == shown

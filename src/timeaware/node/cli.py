@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train_classifier(cfg, out, resume=args.resume or False)
     except (SolverError, NonFiniteLoss) as err:  # RuntimeErrors, which the dispatcher would show as a traceback
-        if is_main_process():
-            print(f"timeaware: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        if rank == "0" or isinstance(err, SolverError):  # a solve fails on its own rank; the loss check is global
+            where = "" if rank == "0" else f" (rank {rank})"
+            print(f"timeaware: error{where}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     if not is_main_process():
         return 0
