@@ -7,6 +7,7 @@ Validation happens here, once, so every block can trust its config.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,20 +85,42 @@ class TimeAware:
     @classmethod
     def from_strings(cls, pairs: list[str], base: TimeAware | None = None) -> TimeAware:
         """Parse ``key=value`` strings (the CLI's ``--set``) onto ``base``."""
+        base = base or cls()
         changes: dict[str, Any] = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
             if not sep or not key:
                 raise ValueError(f"--set {pair!r} is not of the form key=value")
-            changes[key] = _parse_int(key, value) if key == "groups" else value
-        return (base or cls()).replace(**changes)
+            changes[key] = parse_setting(key, value, getattr(base, key, ""))
+        return base.replace(**changes)
 
 
-def _parse_int(key: str, value: str) -> int:
+def parse_setting(key: str, value: Any, current: Any) -> Any:
+    """A ``--set key=value`` string parsed by the type of the field's current value; non-strings pass through.
+
+    bool: true/false/1/0; tuple: comma-separated ints; float: a number; str: as given; anything else
+    (int, an optional field's None, a dict of solver options): JSON, with none for null.
+    """
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
     try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{key}={value!r} is not allowed; it must be a positive integer") from None
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            return tuple(int(v) for v in value.split(",") if v)
+        if isinstance(current, float):
+            return float(value)
+        return None if value.lower() == "none" else json.loads(value)
+    except ValueError:  # json.JSONDecodeError is one
+        if current is None:
+            expected = "a number, true, false, none or JSON"
+        elif isinstance(current, tuple):
+            expected = f"comma-separated ints like {','.join(map(str, current))}"
+        else:
+            expected = f"{type(current).__name__} like {current!r}"
+        raise ValueError(f"--set {key}={value!r} is not allowed; expected {expected}") from None
 
 
 def field_names() -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..config import TimeAware, field_names
+from ..config import TimeAware, field_names, parse_setting
 from ..data import SOURCES
 from ..io import write_json
 from ..training import (
@@ -109,9 +109,9 @@ def preset(name: str, overrides: list[str] | tuple[str, ...] = (), data: str | N
         if key in field_names():
             time_pairs.append(pair)
         elif key in _fields(UNetConfig) and key != "time":
-            unet_changes[key] = _parse(key, value, getattr(unet, key))
+            unet_changes[key] = parse_setting(key, value, getattr(unet, key))
         elif key in _fields(TrainConfig):
-            train_changes[key] = _parse(key, value, getattr(train, key))
+            train_changes[key] = parse_setting(key, value, getattr(train, key))
         else:
             allowed = [*field_names(), *(_fields(UNetConfig) - {"time"}), *_fields(TrainConfig)]
             raise ValueError(f"--set {key!r} is unknown; allowed keys: {', '.join(sorted(allowed))}")
@@ -121,26 +121,6 @@ def preset(name: str, overrides: list[str] | tuple[str, ...] = (), data: str | N
 
 def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
-
-
-def _parse(key: str, value: str, current: Any) -> Any:
-    """Parse a --set value by the type of the field's current value (None means an optional int)."""
-    try:
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return value.lower() in ("true", "1")
-        if isinstance(current, tuple):
-            return tuple(int(v) for v in value.split(",") if v)
-        if current is None or isinstance(current, int):
-            return None if value.lower() == "none" else int(value)
-        if isinstance(current, float):
-            return float(value)
-        return value
-    except ValueError:
-        kind = type(current).__name__ if current is not None else "int or none"
-        raise ValueError(f"--set {key}={value!r} is not allowed; expected {kind}"
-                         f"{' (comma-separated ints)' if isinstance(current, tuple) else ''}") from None
 
 
 def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume: bool | str | Path = False,

@@ -7,11 +7,10 @@ field or a solver field), which is what ``--set key=value`` and the experiments'
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import TimeAware, check_positive, field_names
+from ..config import TimeAware, check_positive, field_names, parse_setting
 from ..data import SOURCES
 from ..training.common import check_int, check_number
 from .func import TIME_INPUTS
@@ -93,11 +92,11 @@ class NodeRunConfig:
         solver: dict[str, Any] = {}
         for key, value in changes.items():
             if key in model_fields():
-                model[key] = _parse(key, value, getattr(self.model, key))
+                model[key] = parse_setting(key, value, getattr(self.model, key))
             elif key in solver_fields():
-                solver[key] = _parse(key, value, getattr(self.solver, key))
+                solver[key] = parse_setting(key, value, getattr(self.solver, key))
             elif key in run_fields():
-                run[key] = _parse(key, value, getattr(self, key))
+                run[key] = parse_setting(key, value, getattr(self, key))
             else:
                 raise ValueError(f"unknown setting {key!r}; allowed: {', '.join(allowed_keys())}")
         return dataclasses.replace(self, model=self.model.replace(**model),
@@ -118,16 +117,6 @@ def solver_fields() -> list[str]:
 
 def allowed_keys() -> list[str]:
     return run_fields() + model_fields() + solver_fields()
-
-
-def _parse(key: str, value: Any, current: Any) -> Any:
-    """Parse a CLI string as JSON (numbers, true/false, null, {...}); anything else stays a string."""
-    if not isinstance(value, str) or isinstance(current, str):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        raise ValueError(f"{key}={value!r} is not allowed; expected a value like {current!r}") from None
 
 
 def preset(name: str) -> NodeRunConfig:
