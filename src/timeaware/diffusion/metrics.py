@@ -13,6 +13,7 @@ weights, feature extractor) so no number travels without the way it was measured
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,16 @@ def frechet_distance(features: nn.Module, real: torch.Tensor, fake: torch.Tensor
     """Fréchet distance between ``features(real)`` and ``features(fake)`` via torchmetrics' FID."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=features, normalize=True)
+    return _fill_and_compute(FrechetInceptionDistance(feature=features, normalize=True), real, fake, batch_size)
+
+
+def _fill_and_compute(metric: Any, real: torch.Tensor, fake: torch.Tensor, batch_size: int,
+                      prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> float:
+    """Feed a torchmetrics FID-style metric the real then the fake images in chunks; its value."""
     with torch.no_grad():
         for images, is_real in ((real, True), (fake, False)):
             for chunk in images.split(batch_size):
-                metric.update(chunk, real=is_real)
+                metric.update(prepare(chunk), real=is_real)
         return float(metric.compute())
 
 
@@ -150,11 +156,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor, weights: str | Path | None, batc
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
-    with torch.no_grad():
-        for images, is_real in ((real, True), (fake, False)):
-            for chunk in images.split(batch_size):
-                metric.update(_inception_uint8(chunk), real=is_real)
-        return float(metric.compute())
+    return _fill_and_compute(metric, real, fake, batch_size, _inception_uint8)
 
 
 def inception_score(fake: torch.Tensor, weights: str | Path | None, splits: int = 10,
