@@ -54,10 +54,12 @@ class Moments:
       δ = Y[k, n] - M, M += δ / k, Σ_k (Y - mean_k Y)² += (k - 1) / k · δ², and the same for the
       mean over n (its δ is the mean over n of δ), which η² needs.
 
-    The per-unit terms of each call are pooled at once (float32 cascaded sums over the units and over
-    the 1-pixel border of a map, accumulated in float64), so the state that outlives a call is M
-    (N × U) and, for η² only, two per-unit sums: fresh memory costs page faults, which on a VM cost
-    more than the pooling. Work buffers come from a scratch pool shared by all sites of an audit.
+    Per-unit terms are pooled as soon as nothing else needs them (sums over the units and over the
+    1-pixel border of a map, in the compute dtype, accumulated in float64 in ``summary``): the time
+    term of every call, and the sample term of a layer input; an output keeps its sample term per
+    unit, which η² needs. So the state that outlives a call is M (N × U) plus, for outputs, two
+    per-unit sums: fresh memory costs page faults, which on a VM cost more than pooling each call.
+    Work buffers come from a scratch pool shared by all sites of an audit.
     """
 
     def __init__(self, dtype: torch.dtype, share: bool = True,
