@@ -12,7 +12,7 @@ from torch import nn
 
 from timeaware import ConcatConv2d, LinearTimeMap, TimeAware, TimeConv2d
 from timeaware.awareness import AuditReport, audit
-from timeaware.awareness.metrics import snr, summarize, time_share, verdict
+from timeaware.awareness.metrics import Moments, snr, summarize, time_share, verdict
 from timeaware.embeddings import as_time
 
 C, H, N, K = 8, 6, 8, 6
@@ -138,7 +138,7 @@ def test_hooks_removed_and_state_restored_on_error() -> None:
     assert torch.equal(model.norm.running_mean, torch.zeros(C))
 
 
-def test_a_model_that_changes_its_input_in_place_is_refused_and_the_caller_keeps_x() -> None:
+def test_a_model_that_changes_its_input_in_place_is_refused() -> None:
     class Scribbler(nn.Module):
         def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return x.add_(1.0)  # later timesteps would see other inputs
@@ -150,6 +150,13 @@ def test_a_model_that_changes_its_input_in_place_is_refused_and_the_caller_keeps
     mixed = _x()
     audit(Scribbler(), mixed, T, batching="mixed", derivative=False)  # mixed batches are gathered copies
     assert torch.equal(mixed, _x())
+
+
+def test_inputs_made_in_inference_mode_are_audited() -> None:
+    with torch.inference_mode():
+        x = _x()  # no version counter: sampling code often makes its inputs this way
+    model = OffsetThenNorm(nn.GroupNorm(2, C)).double()
+    assert audit(model, x, T).layers[0].survival == pytest.approx(audit(model, _x(), T).layers[0].survival)
 
 
 class Linear(nn.Module):
@@ -224,7 +231,15 @@ def test_running_moments_match_the_definitions_in_any_order_and_in_float32(shape
     single = summarize(big.float())
     for got, rel in ((whole, 1e-12), (shuffled, 1e-12), (single, 1e-5)):  # float32 data: float32 sums
         assert (got.snr, got.interior_snr, got.time_share) == pytest.approx(want, rel=rel)
-    same_t = big[:1].expand(5, -1, -1, -1, -1)  # nothing depends on t: exactly 0, not rounding noise
+    for n in (2, 3):  # a layer input (no η²) pools its sample term per call, an output once in summary
+        moments = {share: Moments(torch.float64, share) for share in (False, True)}
+        for step in big[:, :n]:
+            for m in moments.values():
+                m.add(step)
+        ins, outs = (moments[share].summary() for share in (False, True))
+        assert (ins.snr, ins.interior_snr) == pytest.approx((outs.snr, outs.interior_snr), rel=1e-12)
+        assert math.isnan(ins.time_share) and moments[True].summary() == outs  # summary changes nothing
+    same_t = big[:1].expand(shape[0], -1, -1, -1, -1)  # nothing depends on t: exactly 0, not rounding noise
     for y in (same_t, same_t.float()):
         assert summarize(y).snr == 0.0 and summarize(y).time_share == 0.0
 

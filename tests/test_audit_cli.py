@@ -123,7 +123,7 @@ def test_a_node_run_folder_is_audited_through_its_trained_ode_function(
     from timeaware.specs import load_model
 
     cfg = preset("quick").with_overrides({"limit": 32, "test_limit": 16, "channels": 8, "groups": 4,
-                                          "batch_size": 16, "epochs": 1, "padding": 0})
+                                          "batch_size": 16, "epochs": 1, "padding": 0, "t1": 0.5})
     trained = train_classifier(cfg, tmp_path, progress=False).model.block.func
     func, record = load_model(str(tmp_path))
     assert record["kind"] == "timeaware-node-func" and func.input_shape == (8, 4, 4)  # 16x16 digits, two stride-2
@@ -131,6 +131,9 @@ def test_a_node_run_folder_is_audited_through_its_trained_ode_function(
     got = _json(capsys, str(tmp_path), *SMALL)
     assert got["summary"]["mode"] == "train" and got["summary"]["call"] == "tx"
     assert [a["name"] for a in got["layers"]] == ["norm1", "norm2", "norm3"]
+    assert func.time_range == (0.0, 0.5)  # audited over the interval it was trained on
+    assert main(["audit", str(tmp_path), "--set", "norm=batch"]) == 2
+    assert "--set norm=... is not allowed with the run folder" in capsys.readouterr().err
     assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(tmp_path / "fixed")]) == 0
     capsys.readouterr()
     from timeaware.repair import load_fixed

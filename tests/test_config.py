@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from timeaware import TimeAware, make_norm
@@ -52,3 +54,34 @@ def test_from_strings_parses_cli_pairs():
 def test_dict_round_trip():
     cfg = TimeAware(norm="instance", positional="mlp", activation="silu")
     assert TimeAware.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(("value", "current", "want"), [
+    ("true", False, True), ("0", True, False),             # bool
+    ("1,2,2", (1, 2), (1, 2, 2)),                           # tuple of ints
+    (".5", 0.1, 0.5), ("1e-3", 0.1, 1e-3),                 # float
+    ("7", 3, 7), ("none", 3, None), ("null", True, None),  # int; None for any optional field (checked later)
+    ("1e-4", None, 1e-4), ("true", None, True),            # a field now None: JSON
+    ('{"max_num_steps": 50}', {}, {"max_num_steps": 50}),  # solver options
+    ("x.npz", "digits", "x.npz"),                          # str as given
+])
+def test_parse_setting_types_a_cli_string_by_the_fields_current_value(value, current, want) -> None:
+    from timeaware.config import parse_setting
+
+    assert parse_setting("key", value, current) == want and type(parse_setting("key", value, current)) is type(want)
+
+
+@pytest.mark.parametrize(("value", "current", "message"), [
+    ("maybe", True, "--set key='maybe' is not allowed; expected bool like True"),
+    ("a,b", (1, 2), "--set key='a,b' is not allowed; expected comma-separated ints like 1,2"),
+    ("a,b", (), "expected comma-separated ints like 1,2"),
+    ("fast", 0.1, "expected float like 0.1"),
+    ("many", 3, "--set key='many' is not allowed; expected int like 3"),
+    ("{oops", None, "expected a number, true, false, none or JSON"),
+])
+def test_parse_setting_errors_name_the_value_and_what_is_allowed(value, current, message) -> None:
+    from timeaware.config import parse_setting
+
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        parse_setting("key", value, current)
+    assert "\n" not in str(err.value)

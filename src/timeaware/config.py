@@ -98,11 +98,14 @@ class TimeAware:
 def parse_setting(key: str, value: Any, current: Any) -> Any:
     """A ``--set key=value`` string parsed by the type of the field's current value; non-strings pass through.
 
-    bool: true/false/1/0; tuple: comma-separated ints; float: a number; str: as given; anything else
-    (int, an optional field's None, a dict of solver options): JSON, with none for null.
+    str: as given; none or null: None (the field's own check refuses it where it is not optional);
+    bool: true/false/1/0; tuple: comma-separated ints; float: a number; anything else (int, an optional
+    field now None, a dict of solver options): JSON.
     """
     if not isinstance(value, str) or isinstance(current, str):
         return value
+    if value.lower() in ("none", "null"):
+        return None
     try:
         if isinstance(current, bool):
             if value.lower() not in ("true", "false", "1", "0"):
@@ -112,12 +115,12 @@ def parse_setting(key: str, value: Any, current: Any) -> Any:
             return tuple(int(v) for v in value.split(",") if v)
         if isinstance(current, float):
             return float(value)
-        return None if value.lower() == "none" else json.loads(value)
+        return json.loads(value)
     except ValueError:  # json.JSONDecodeError is one
         if current is None:
             expected = "a number, true, false, none or JSON"
         elif isinstance(current, tuple):
-            expected = f"comma-separated ints like {','.join(map(str, current))}"
+            expected = f"comma-separated ints like {','.join(map(str, current)) or '1,2'}"
         else:
             expected = f"{type(current).__name__} like {current!r}"
         raise ValueError(f"--set {key}={value!r} is not allowed; expected {expected}") from None

@@ -50,6 +50,9 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Modu
     if is_model_path(spec):
         path = Path(spec)
         if path.is_dir() and ((path / "state.json").is_file() or (path / "checkpoints").is_dir()):
+            if kwargs:
+                raise ValueError(f"--set {next(iter(kwargs))}=... is not allowed with the run folder {spec}: "
+                                 "its model is rebuilt from its checkpoint")
             return _timeaware_run(path)
         return _diffusers(path)
     module_name, sep, attr = spec.partition(":")
@@ -77,8 +80,10 @@ def build_base(record: dict[str, Any]) -> nn.Module:
         from .config import TimeAware
         from .node.func import ODEFunc
 
-        return ODEFunc(record["channels"], TimeAware.from_dict(record["config"]), time=record["time"],
+        func = ODEFunc(record["channels"], TimeAware.from_dict(record["config"]), time=record["time"],
                        size=tuple(record["size"]))
+        func.time_range = (0.0, float(record.get("t1", 1.0)))
+        return func
     if record.get("kind") != "factory":
         raise ValueError(f"unknown model record kind {record.get('kind')!r}; expected diffusers, factory, "
                          "timeaware-unet or timeaware-node-func")
@@ -140,7 +145,7 @@ def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
                                 time=cfg.time, solver=cfg.solver, dropout=cfg.dropout)
     load_checkpoint(found, modules={"model": classifier}, restore_rng=False)
     record = {"kind": "timeaware-node-func", "channels": cfg.channels, "config": cfg.model.to_dict(),
-              "time": cfg.time, "size": list(state_size((h, w)))}
+              "time": cfg.time, "size": list(state_size((h, w))), "t1": classifier.block.solver.t1}
     return classifier.block.func.eval(), record
 
 
@@ -172,9 +177,9 @@ def detect_call(model: nn.Module) -> str | CallFn:
 
 def default_timesteps(model: nn.Module, k: int = 8) -> torch.Tensor:
     """K integer diffusion steps for diffusion models (diffusers', or one with ``num_train_timesteps``),
-    K values of t in [0, 1] otherwise."""
+    else K values of t over the model's ``time_range`` (an ODE function's interval), else [0, 1]."""
     steps = getattr(model, "num_train_timesteps", None)
     if steps is not None or type(model).__module__.startswith("diffusers"):
         steps = int(steps or getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
         return torch.linspace(0, steps - 1, k).round().long()
-    return torch.linspace(0.0, 1.0, k)
+    return torch.linspace(*getattr(model, "time_range", (0.0, 1.0)), k)

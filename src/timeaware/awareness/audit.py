@@ -186,15 +186,15 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
     shared = batching == "shared"
     rng: torch.Tensor | None = None
     base = torch.empty(0)
-    version = x._version
+    version = None if x.is_inference() else x._version  # inference tensors cannot be changed in place anyway
     for i, (k_idx, n_idx) in enumerate(pairs):
         if i == chosen:
             rng = _rng_state(device)
         capture.start(k_idx, n_idx, device)
         out = _call(fn, model, *inputs(i), shared)
-        if x._version != version:
-            raise ValueError("the model changed its input x in place; the audit pairs the same inputs with every "
-                             "timestep, so the model must leave x unchanged (clone it inside forward)")
+        if version is not None and x._version != version:
+            raise ValueError("the model changed its input x in place (x is now modified); the audit pairs the same "
+                             "inputs with every timestep, so the model must leave x unchanged (clone it in forward)")
         if i == chosen:
             base = out.detach().clone()
         capture.keep_output(out)

@@ -9,7 +9,8 @@ Built-in models (``--set`` changes their TimeAware fields, e.g. ``--set norm=bat
   node-func      the paper's NODE function [N-Act-ConcatConv-N-Act-ConcatConv-N], C=64 on an 8x8 state
   node-func-mlp  the same with an additive MLP timestep embedding (the paper's Table 2 model)
 Their defaults, and those of a NODE run's ODE function, follow an ODE solve during training: every
-call shares one t (``--batching shared``) with the norms in train mode (``--mode train``), t in [0, 1].
+call shares one t (``--batching shared``) with the norms in train mode (``--mode train``), t in [0, 1]
+(a NODE run: [0, t1] of its solver).
 Other models default to ``--mode eval --batching shared`` (sampling); the call is detected
 (``forward(t, x)`` → tx, a block taking a time embedding gets sinusoidal features of t, else xt), and t
 is integer steps 0..T-1 for diffusion models (diffusers', a DDPM run's) and [0, 1] otherwise; the input
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call", choices=("xt", "tx"), default=None,
                         help="xt: model(x, t); tx: torchdiffeq's model(t, x) (default: tx built-ins, xt imports)")
     parser.add_argument("--t-range", metavar="A,B", help="first,last timestep; integers give integer (diffusion) "
-                        "steps (default 0.0,1.0 for built-ins, 0,999 for import paths)")
+                        "steps (default: 0,T-1 for diffusion models, a NODE run's 0,t1, else 0.0,1.0)")
 
 
 def run(args: argparse.Namespace) -> int:

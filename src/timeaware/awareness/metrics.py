@@ -95,7 +95,7 @@ class Moments:
             if self.share:
                 self.unit[0].add_(row)
             else:
-                self.samples.append(self._pooled(row))
+                self._pool(row, self.pooled[1])
         if self.k:
             k = self.k + 1
             delta = torch.sub(d, self.mean, out=tmp)
@@ -104,7 +104,7 @@ class Moments:
                 dh = torch.add(delta[0], delta[1]) if n == 2 else self.ones @ delta
                 self.unit[1].addcmul_(dh, dh, value=(k - 1) / (k * n * n))
             self._square_sum(delta, row)
-            self.times.append(self._pooled(row, (k - 1) / k))
+            self._pool(row, self.pooled[0], (k - 1) / k)
         self.k += 1
 
     def _start(self, d: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -112,9 +112,8 @@ class Moments:
         self.ones = d.new_ones(self.n)
         self.mean = d.clone()  # per input and unit: the running mean over k
         self.border = self._border(d.device) if len(shape) == 3 and min(shape[1:]) >= 3 else None
-        # per call, pooled: (weight, Σ over all units, Σ over the border) of Σ_n δ² and of N·Var_n
-        self.times: list[tuple[float, torch.Tensor, torch.Tensor | None]] = []
-        self.samples: list[tuple[float, torch.Tensor, torch.Tensor | None]] = []
+        # pooled over calls, in float64 on the device: Σ_k (k-1)/k Σ_n δ² and Σ_k N·Var_n, over all units and the border
+        self.pooled = torch.zeros(2, 2, dtype=torch.float64, device=d.device)
         # 1/N for N·Var_n, 1/4 for N = 2 where f² = 2N·Var_n is kept
         self.sample_scale = 0.25 if self.n == 2 else 1.0 / self.n
         if self.share:  # per unit: Σ_k N·Var_n (or f²), Σ_k (Y - mean_k Y)² of the mean over n
@@ -143,9 +142,11 @@ class Moments:
         else:
             torch.mv(x.square_().T, self.ones[:x.shape[0]], out=out)
 
-    def _pooled(self, row: torch.Tensor, weight: float = 1.0) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-        """The row's sum over all units and over the border, kept on the device (no sync until ``summary``)."""
-        return weight, row.sum(), None if self.border is None else row.index_select(0, self.border).sum()
+    def _pool(self, row: torch.Tensor, into: torch.Tensor, weight: float = 1.0) -> None:
+        """into += weight · (the row's sum over all units, over the border); on the device, no sync."""
+        into[0].add_(row.sum(), alpha=weight)
+        if self.border is not None:
+            into[1].add_(row.index_select(0, self.border).sum(), alpha=weight)
 
     def _buffer(self, shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
         """A work buffer from the shared scratch pool (the sites are folded in one after another)."""
@@ -161,19 +162,10 @@ class Moments:
         if k < 2:
             raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
         n = self.n
-        samples = self.samples + ([self._pooled(self.unit[0])] if self.share else [])
-        groups = (self.times, samples)
-        parts = [p for group in groups for _, whole, border in group for p in (whole, border) if p is not None]
-        values = iter(torch.stack(parts).tolist())  # one sync; float32 sums accumulated in float64
-        totals = []
-        for group in groups:  # Σ_n M2 over k, then Σ_k N·Var_n: over all units and over the border
-            whole_sum = border_sum = 0.0
-            for weight, _, border in group:
-                whole_sum += weight * next(values)
-                if border is not None:
-                    border_sum += weight * next(values)
-            totals.append((whole_sum, border_sum))
-        (time, time_border), (sample, sample_border) = totals
+        pooled = self.pooled.clone()
+        if self.share:  # an output's sample term stayed per unit
+            self._pool(self.unit[0], pooled[1])
+        (time, time_border), (sample, sample_border) = pooled.tolist()  # one sync
         scale = self.sample_scale
         whole = _snr(time / k, sample * scale, k, n)  # Σ_{n,u} Var_k Y, Σ_{k,u} Var_n Y
         inside = math.nan

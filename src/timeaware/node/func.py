@@ -43,6 +43,8 @@ class ODEFunc(nn.Module):
             self.conv1, self.conv2 = (TimeConv2d(channels, channels, 3, config=config, offset="embedding",
                                                  emb_dim=emb_dim, size=size, t_scale=1000.0) for _ in range(2))
 
+    time_range = (0.0, 1.0)  # the interval it is integrated over (NodeClassifier sets its solver's); the audit's t
+
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         """(C, H, W) of one state when the size is known (the audit's default input shape)."""

@@ -65,6 +65,7 @@ class NodeClassifier(nn.Module):
                                   ResBlock(channels, config))
         func = ODEFunc(channels, config, time=time, size=state_size(image_size))
         self.block = ODEBlock(func, solver)
+        func.time_range = (0.0, self.block.solver.t1)
         self.head = nn.Sequential(make_norm(config, channels), make_activation(config.activation),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(channels, num_classes))
