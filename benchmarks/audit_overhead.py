@@ -8,9 +8,10 @@ anchor. Each time is the best of ``--repeats`` interleaved runs, as wall time an
 CPU time (steadier when other processes compete for the cores); "paired" is the median over the
 repeats of each audit's CPU time over that of the passes run just before it, and "faults" the fewest
 minor page faults of one audit (fresh memory the audit touches: about 2 us each on the development VM).
+``--split`` also prints the CPU time of the statistics inside the audit (folding each capture in, summaries).
 
     PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--node-batch 128] [--timesteps 3]
-        [--repeats 5] [--threads 1] [--models all|node|unet]
+        [--repeats 5] [--threads 1] [--models all|node|unet] [--split]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 
 from timeaware import TimeAware
 from timeaware.awareness import audit
+from timeaware.awareness.metrics import Moments
 from timeaware.node import ODEFunc
 
 
@@ -58,6 +60,34 @@ def timed(repeats: int, *fns: Callable[[], object]) -> list[list[tuple[float, fl
     return times
 
 
+def statistics_time(repeats: int, run_audit: Callable[[], object]) -> dict[str, float]:
+    """This thread's CPU time inside ``Moments.add`` and ``Moments.summary`` during one audit, best of ``repeats``."""
+    spent: dict[str, float] = {}
+    originals = {name: getattr(Moments, name) for name in ("add", "summary")}
+
+    def timed_method(name: str) -> Callable[..., object]:
+        def method(self: Moments, *args: object) -> object:
+            start = time.thread_time()
+            try:
+                return originals[name](self, *args)
+            finally:
+                spent[name] += time.thread_time() - start
+        return method
+
+    best = {name: float("inf") for name in originals}
+    try:
+        for name in originals:
+            setattr(Moments, name, timed_method(name))
+        for _ in range(repeats):
+            spent.update(dict.fromkeys(originals, 0.0))
+            run_audit()
+            best = {name: min(best[name], spent[name]) for name in originals}
+    finally:
+        for name, method in originals.items():
+            setattr(Moments, name, method)
+    return best
+
+
 def plain_passes(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, call: str) -> None:
     """What the audit runs, without hooks: one shared-t call per timestep plus one at t_mid + h."""
     with torch.no_grad():
@@ -76,6 +106,8 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", choices=("all", "node", "unet"), default="all", help="which rows to time")
+    parser.add_argument("--split", action="store_true",
+                        help="also time the statistics inside the audit: folding the captures in, summaries")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU, spinning intra-op threads swamp the timings)")
     args = parser.parse_args()
@@ -108,6 +140,11 @@ def main() -> None:
         print(f"{name:26} {params:>11,} {n:>4} {k:>3} {plain[0]:>15.3f} {audited[0]:>10.3f}"
               f" {audited[0] / plain[0]:>6.2f} {plain[1]:>12.3f} {audited[1]:>6.3f} {audited[1] / plain[1]:>6.2f}"
               f" {paired:>6.2f} {audited[2]:>7}")
+        if args.split:
+            spent = statistics_time(args.repeats, lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(
+                m, x, ts, call=c, mode=md))
+            print(f"{'':26}   statistics (CPU, best of {args.repeats}): folding in {spent['add'] * 1e3:.1f} ms,"
+                  f" summaries {spent['summary'] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":
