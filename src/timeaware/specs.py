@@ -57,8 +57,8 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Modu
         return _diffusers(path)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr.isidentifier():
-        raise ValueError(f"MODEL {spec!r} is not allowed; give a diffusers folder or config.json, or an import "
-                         "path package.module:factory")
+        raise ValueError(f"MODEL {spec!r} is not allowed; give a diffusers folder or config.json, a timeaware run "
+                         "folder, or an import path package.module:factory")
     record = {"kind": "factory", "target": spec, "kwargs": dict(kwargs or {})}
     return build_base(record), record
 
@@ -140,8 +140,8 @@ def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     from .node.run_config import NodeRunConfig
 
     cfg = NodeRunConfig.from_dict(state["config"])
-    channels, h, w = state["input_shape"]
-    classifier = NodeClassifier(channels, state["num_classes"], (h, w), channels=cfg.channels, config=cfg.model,
+    image_channels, h, w = state["input_shape"]
+    classifier = NodeClassifier(image_channels, state["num_classes"], (h, w), channels=cfg.channels, config=cfg.model,
                                 time=cfg.time, solver=cfg.solver, dropout=cfg.dropout)
     load_checkpoint(found, modules={"model": classifier}, restore_rng=False)
     record = {"kind": "timeaware-node-func", "channels": cfg.channels, "config": cfg.model.to_dict(),

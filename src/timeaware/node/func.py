@@ -21,6 +21,8 @@ class ODEFunc(nn.Module):
     The positional map (fix 1) is added right after each conv, before its norm.
     """
 
+    time_range = (0.0, 1.0)  # the interval it is integrated over (NodeClassifier sets its solver's); the audit's t
+
     def __init__(self, channels: int = 64, config: TimeAware | None = None, *, time: str = "concat",
                  size: tuple[int, int] | None = None, emb_dim: int = 64) -> None:
         super().__init__()
@@ -42,8 +44,6 @@ class ODEFunc(nn.Module):
             self.embed = TimestepMLP(emb_dim, emb_dim, config, t_scale=1000.0)
             self.conv1, self.conv2 = (TimeConv2d(channels, channels, 3, config=config, offset="embedding",
                                                  emb_dim=emb_dim, size=size, t_scale=1000.0) for _ in range(2))
-
-    time_range = (0.0, 1.0)  # the interval it is integrated over (NodeClassifier sets its solver's); the audit's t
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
