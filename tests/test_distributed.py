@@ -74,3 +74,14 @@ def test_a_global_batch_too_small_for_the_processes_is_refused_before_training()
     with pytest.raises(ValueError, match="batch_size=1"):
         _check_batches(40, 1, 2)
     assert torch.equal(torch.cat([torch.arange(7)[rank_slice(7, r, 3)] for r in range(3)]), torch.arange(7))
+
+
+def test_a_solver_failure_under_ddp_ends_the_job_and_each_rank_says_why(tmp_path):
+    failing = {**TINY, "method": "dopri5", "options": {"max_num_steps": 1}}  # every rank's first solve gives up
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "timeaware", "train", "node", "--out", str(tmp_path / "ddp"),
+           *cli_args(failing)]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)  # no hang
+    assert done.returncode != 0
+    assert "timeaware: error: ODE solve failed" in done.stderr, done.stderr[-3000:]
+    assert "timeaware: error (rank 1): ODE solve failed" in done.stderr, done.stderr[-3000:]
