@@ -82,13 +82,9 @@ def run(args: argparse.Namespace) -> int:
         if shape is None:
             raise ValueError(f"--input-shape is needed for {args.model!r}: the shape C,H,W of one input, e.g. 3,32,32")
     x = torch.randn(args.samples, *shape)
-    if args.t_range:
-        timesteps = _timesteps(args.t_range, args.timesteps)
-    else:
-        timesteps = _timesteps("0.0,1.0", args.timesteps) if builtin else default_timesteps(model, args.timesteps)
-    mode = args.mode or ("train" if builtin or isinstance(model, ODEFunc) else "eval")
-    report = audit(model, x, timesteps, call=args.call or ("tx" if builtin else detect_call(model)),
-                   batching=args.batching, mode=mode)
+    timesteps = _timesteps(args.t_range, args.timesteps) if args.t_range else default_timesteps(model, args.timesteps)
+    mode = args.mode or ("train" if isinstance(model, ODEFunc) else "eval")  # NODE functions: as in a training solve
+    report = audit(model, x, timesteps, call=args.call or detect_call(model), batching=args.batching, mode=mode)
     sites = find_vanishing_sites(model)
     if args.plot:
         report.plot(args.plot)
