@@ -24,7 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import TimeAware, check_positive
-from ..embeddings import TimestepMLP, as_time, make_activation, make_time_map
+from ..calling import ModelCall
+from ..embeddings import DDPM_STEPS, TimestepMLP, as_time, make_activation, make_time_map
 from ..layers import ScaleShift, TimeConv2d, make_norm
 from .ddpm import Schedule
 
@@ -103,7 +104,7 @@ class ResBlock(nn.Module):
         super().__init__()
         scale_shift = config.injection == "scale_shift"
         self.norm1, self.act = make_norm(config, in_ch), make_activation(config.activation)
-        self.conv1 = TimeConv2d(in_ch, out_ch, 3, config=config.replace(positional="none"),
+        self.conv1 = TimeConv2d(in_ch, out_ch, 3, config=config,
                                 offset="none" if scale_shift else "embedding", emb_dim=emb_dim, time_map=time_map)
         self.norm2 = make_norm(config, out_ch)
         self.scale_shift = ScaleShift(out_ch, emb_dim, config) if scale_shift else None
@@ -155,12 +156,11 @@ class Stage(nn.Module):
 class UNet(nn.Module):
     """ε-prediction U-Net: ``model(x_t, t)`` with t a (B,) tensor of integer or float timesteps."""
 
-    num_train_timesteps = Schedule.num_train_timesteps  # the diffusion steps t it is trained on (the audit's range)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image (the audit's default input shape)."""
-        return self.config.in_channels, self.config.image_size, self.config.image_size
+    def timeaware_call(self) -> ModelCall:
+        """Called ``model(x_t, t)`` on images with integer steps 0..T-1, in eval mode as when sampling."""
+        cfg = self.config
+        return ModelCall(convention="xt", domain=DDPM_STEPS, input_shape=(cfg.in_channels, cfg.image_size,
+                                                                           cfg.image_size))
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
@@ -168,7 +168,7 @@ class UNet(nn.Module):
         tc, ch, emb_dim = cfg.time, cfg.channels, 4 * cfg.channels
         self.time_embed = TimestepMLP(ch, emb_dim, tc)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        self.time_maps = nn.ModuleDict({str(r): make_time_map(tc, (r, r)) for r in cfg.resolutions}
+        self.time_maps = nn.ModuleDict({str(r): make_time_map(tc, (r, r), DDPM_STEPS) for r in cfg.resolutions}
                                        if tc.positional != "none" else {})
 
         def res(i: int, o: int, r: int) -> ResBlock:

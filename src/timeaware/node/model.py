@@ -63,9 +63,9 @@ class NodeClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, 1, 1), ResBlock(channels, config),
                                   ResBlock(channels, config))
-        func = ODEFunc(channels, config, time=time, size=state_size(image_size))
+        solver = solver or SolverOptions()
+        func = ODEFunc(channels, config, time=time, size=state_size(image_size), t1=solver.t1)
         self.block = ODEBlock(func, solver)
-        func.time_range = (0.0, self.block.solver.t1)
         self.head = nn.Sequential(make_norm(config, channels), make_activation(config.activation),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(channels, num_classes))
