@@ -12,11 +12,14 @@ Two kinds, which is the paper's whole point:
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from .config import TimeAware, check_positive
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def as_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -50,7 +53,7 @@ def sinusoidal_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) 
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(t.dtype if t.is_floating_point() else torch.float32)
 
 
-def init_bias_(module: nn.Module, policy: str) -> nn.Module:
+def init_bias_(module: M, policy: str) -> M:
     """Apply a bias-init policy to every bias in ``module``: "zero" zeroes them, "default" keeps PyTorch's.
 
     Fix 2 of the paper names two policies, one per branch: zero on the operand convs, default
@@ -115,13 +118,13 @@ class MLPTimeMap(nn.Module):
         self.size = _check_size(size)
         check_positive("hidden", hidden)
         self.features, self.t_scale, self.sinusoidal = features, t_scale, sinusoidal
-        act = config.activation
+        act, out = config.activation, nn.Linear(hidden, self.size[0] * self.size[1])
         self.net = nn.Sequential(*([] if sinusoidal else [make_activation(act)]), nn.Linear(features, hidden),
-                                 make_activation(act), nn.Linear(hidden, self.size[0] * self.size[1]))
+                                 make_activation(act), out)
         init_bias_(self.net, config.time_bias)
         if zero_init:
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         x = sinusoidal_features(t * self.t_scale, self.features) if self.sinusoidal else t
@@ -129,15 +132,18 @@ class MLPTimeMap(nn.Module):
 
 
 def make_time_map(config: TimeAware, size: tuple[int, int] | None, t_scale: float = 1.0,
-                  **kwargs: float) -> nn.Module | None:
-    """The positional timestep embedding ``config.positional`` asks for, or None."""
+                  zero_init: bool = False) -> nn.Module | None:
+    """The positional timestep embedding ``config.positional`` asks for, or None.
+
+    ``zero_init`` starts either form at a zero map (output-preserving, for fine-tuning a trained model).
+    """
     if config.positional == "none":
         return None
     if size is None:
         raise ValueError(f"positional={config.positional!r} needs the feature map size (H, W)")
     if config.positional == "linear":
-        return LinearTimeMap(size, **kwargs)
-    return MLPTimeMap(size, config, t_scale=t_scale, **kwargs)
+        return LinearTimeMap(size, init_std=0.0) if zero_init else LinearTimeMap(size)
+    return MLPTimeMap(size, config, t_scale=t_scale, zero_init=zero_init)
 
 
 def make_activation(name: str) -> nn.Module:

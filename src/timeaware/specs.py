@@ -69,7 +69,7 @@ def build_base(record: dict[str, Any]) -> nn.Module:
         import diffusers
 
         cls = getattr(diffusers, str(record.get("class")), None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
             raise ValueError(f"diffusers has no model class {record.get('class')!r}")
         return cls.from_config(record["config"])
     if record.get("kind") == "timeaware-unet":
@@ -111,7 +111,7 @@ def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(config, dict) or "_class_name" not in config:
         raise ValueError(f"{config_file}: not a diffusers config (it has no _class_name)")
     record = {"kind": "diffusers", "class": config["_class_name"], "config": config}
-    model = build_base(record)
+    model: Any = build_base(record)  # a diffusers ModelMixin (untyped)
     weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
     if weights:
         try:
@@ -156,9 +156,10 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
         return tuple(shape)
     config = getattr(model, "config", None)
     size = getattr(config, "sample_size", None)
-    if size is None or getattr(config, "in_channels", None) is None:
+    channels = getattr(config, "in_channels", None)
+    if size is None or channels is None:
         return None
-    return (config.in_channels, *((size, size) if isinstance(size, int) else size))
+    return (channels, *((size, size) if isinstance(size, int) else size))
 
 
 def detect_call(model: nn.Module) -> str | CallFn:
@@ -182,4 +183,5 @@ def default_timesteps(model: nn.Module, k: int = 8) -> torch.Tensor:
     if steps is not None or type(model).__module__.startswith("diffusers"):
         steps = int(steps or getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
         return torch.linspace(0, steps - 1, k).round().long()
-    return torch.linspace(*getattr(model, "time_range", (0.0, 1.0)), k)
+    t0, t1 = getattr(model, "time_range", (0.0, 1.0))
+    return torch.linspace(t0, t1, k)

@@ -78,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
         model = _builtin(args.model, args.pairs, shape)
     else:
         model, _ = load_model(args.model, parse_pairs(args.pairs))
-        shape = given or default_input_shape(model)
-        if shape is None:
+        found = given or default_input_shape(model)
+        if found is None:
             raise ValueError(f"--input-shape is needed for {args.model!r}: the shape C,H,W of one input, e.g. 3,32,32")
+        shape = found
     x = torch.randn(args.samples, *shape)
     timesteps = _timesteps(args.t_range, args.timesteps) if args.t_range else default_timesteps(model, args.timesteps)
     mode = args.mode or ("train" if isinstance(model, ODEFunc) else "eval")  # NODE functions: as in a training solve

@@ -34,6 +34,8 @@ class ODEFunc(nn.Module):
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.norm1, self.norm2, self.norm3 = (make_norm(config, channels) for _ in range(3))
         self.act = make_activation(config.activation)
+        self.conv1: ConcatConv2d | TimeConv2d
+        self.conv2: ConcatConv2d | TimeConv2d
         if time == "concat":
             self.conv1, self.conv2 = (ConcatConv2d(channels, channels, 3, 1, 1) for _ in range(2))
             for conv in (self.conv1, self.conv2):

@@ -155,8 +155,8 @@ def _sizes(model: nn.Module, targets: list[Target], example: torch.Tensor, times
             sizes.setdefault(name, (int(out.shape[-2]), int(out.shape[-1])))
         return hook
 
-    handles = [(t.module.conv1 if t.kind == "diffusers-resnet" else t.module).register_forward_hook(record(t.name))
-               for t in targets]
+    handles = [(t.module.get_submodule("conv1") if t.kind == "diffusers-resnet" else t.module)
+               .register_forward_hook(record(t.name)) for t in targets]
     t = timesteps[len(timesteps) // 2]
     was_training = model.training
     try:

@@ -11,6 +11,7 @@ Three kinds of time-injection site are understood (anything else is refused, nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,9 +32,8 @@ class Target:
     def operand_convs(self) -> list[nn.Conv2d]:
         """The convs of the operand branch (fix 2 zeroes their biases)."""
         if self.kind == "diffusers-resnet":
-            return [self.module.conv1, self.module.conv2]
-        if self.kind == "timeconv":
-            return [self.module.conv]
+            block: Any = self.module  # a diffusers ResnetBlock2D (untyped)
+            return [block.conv1, block.conv2]
         return [concat_conv(self.module)]
 
 
@@ -51,7 +51,7 @@ def resolve(model: nn.Module, injector: str) -> Target:
 
 
 def concat_conv(module: nn.Module) -> nn.Conv2d:
-    """The conv inside a ConcatConv-style layer (timeaware ``conv``, torchdiffeq ``_layer``)."""
+    """The conv inside a ConcatConv-style layer or a TimeConv2d (timeaware ``conv``, torchdiffeq ``_layer``)."""
     conv = getattr(module, "conv", None) or getattr(module, "_layer", None)
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"{type(module).__name__} looks like a ConcatConv but holds no Conv2d as .conv or ._layer")
@@ -90,17 +90,19 @@ class TimeMapped(nn.Module):
 
 def _stash_temb(module: nn.Module, args: tuple, kwargs: dict) -> None:
     temb = args[1] if len(args) > 1 else kwargs.get("temb")
-    module.norm2._temb = temb
+    norm = module.get_submodule("norm2")
+    assert isinstance(norm, EmbeddingMappedNorm)  # installed together with this hook
+    norm._temb = temb
 
 
 def add_positional(model: nn.Module, site: Target, size: tuple[int, int], *, form: str, preserve: bool) -> None:
     """Add a positional timestep embedding at ``site``; with ``preserve`` it starts at 0."""
     config = TimeAware(activation="silu", positional=form)
     if site.kind == "diffusers-resnet":
-        block = site.module
+        block: Any = site.module  # a diffusers ResnetBlock2D (untyped)
         emb_dim = block.time_emb_proj.in_features
-        tmap = MLPTimeMap(size, config, features=emb_dim, hidden=64, zero_init=preserve, sinusoidal=False)
-        block.norm2 = EmbeddingMappedNorm(block.norm2, tmap)
+        emb_map = MLPTimeMap(size, config, features=emb_dim, hidden=64, zero_init=preserve, sinusoidal=False)
+        block.norm2 = EmbeddingMappedNorm(block.norm2, emb_map)
         block.register_forward_pre_hook(_stash_temb, with_kwargs=True)
         return
     tmap = LinearTimeMap(size, init_std=0.0 if preserve else 0.1) if form == "linear" else MLPTimeMap(
