@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from timeaware import ConcatConv2d, LinearTimeMap, MLPTimeMap, ScaleShift, TimeAware, TimeConv2d, make_norm
-from timeaware.embeddings import as_time, sinusoidal_features
+from timeaware.embeddings import as_time, make_time_map, sinusoidal_features
 from timeaware.node import ODEFunc
 
 
@@ -91,6 +91,16 @@ def test_time_maps_are_shared_by_channels_and_vary_over_space():
     mlp = MLPTimeMap((4, 5), TimeAware())
     assert mlp(t).shape == (2, 1, 4, 5) and mlp(t)[1].std() > 0
     assert torch.count_nonzero(MLPTimeMap((4, 5), TimeAware(), zero_init=True)(t)) == 0
+
+
+@pytest.mark.parametrize("form", ["linear", "mlp"])
+def test_make_time_map_zero_init_starts_either_form_at_zero(form):
+    # the factory once took form-specific **kwargs typed as float: zero_init only worked for "mlp"
+    t = torch.tensor([0.3, 2.0])
+    fresh = make_time_map(TimeAware(positional=form), (4, 5), zero_init=True)
+    assert fresh is not None and torch.count_nonzero(fresh(t)) == 0
+    trained = make_time_map(TimeAware(positional=form), (4, 5))
+    assert trained is not None and trained(t)[1].std() > 0
 
 
 def test_positional_map_size_mismatch_is_a_clear_error():

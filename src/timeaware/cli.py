@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 # command -> module, or {subcommand: module}; modules import heavy dependencies inside run().
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -23,7 +24,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2
+    def error(self, message: str) -> NoReturn:  # one line, exit code 2
         raise SystemExit(_fail(f"{self.prog}: {message}"))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -93,6 +93,8 @@ class TimeDomain:
 
 DDPM_STEPS = TimeDomain("steps", 0, 999)
 
+M = TypeVar("M", bound=nn.Module)
+
 
 def as_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
     """Return t as a (batch,) tensor on ``like``'s device and dtype.
@@ -125,7 +127,7 @@ def sinusoidal_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) 
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(t.dtype if t.is_floating_point() else torch.float32)
 
 
-def init_bias_(module: nn.Module, policy: str) -> nn.Module:
+def init_bias_(module: M, policy: str) -> M:
     """Apply a bias-init policy to every bias in ``module``: "zero" zeroes them, "default" keeps PyTorch's.
 
     Fix 2 of the paper names two policies, one per branch: zero on the operand convs, default
@@ -192,13 +194,13 @@ class MLPTimeMap(nn.Module):
         self.size = _check_size(size)
         check_positive("hidden", hidden)
         self.features, self.domain, self.sinusoidal = features, domain, sinusoidal
-        act = config.activation
+        act, out = config.activation, nn.Linear(hidden, math.prod(self.size))
         self.net = nn.Sequential(*([] if sinusoidal else [make_activation(act)]), nn.Linear(features, hidden),
-                                 make_activation(act), nn.Linear(hidden, math.prod(self.size)))
+                                 make_activation(act), out)
         init_bias_(self.net, config.time_bias)
         if zero_init:
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         x = sinusoidal_features(self.domain.phase(t), self.features) if self.sinusoidal else t

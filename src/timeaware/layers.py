@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -46,7 +48,8 @@ class ConcatConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, bias: bool = True, padding_mode: str = "zeros") -> None:
+                 padding: int = 1, bias: bool = True,
+                 padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros") -> None:
         super().__init__()
         check_positive("in_channels", in_channels)
         check_positive("out_channels", out_channels)
@@ -108,12 +111,10 @@ class TimeConv2d(nn.Module):
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         y = self.conv(x)
         tb = as_time(t, x.shape[0], x)
-        if self.offset_kind == "linear":
-            y = y + self.offset(tb[:, None])[:, :, None, None]
-        elif self.offset_kind == "embedding":
-            if emb is None:
+        if self.offset is not None:  # "linear" from the raw t, "embedding" from the timestep embedding
+            if self.offset_kind == "embedding" and emb is None:
                 raise ValueError("this TimeConv2d adds a timestep embedding: call it as layer(x, t, emb)")
-            y = y + self.offset(emb)[:, :, None, None]
+            y = y + self.offset(tb[:, None] if self.offset_kind == "linear" else emb)[:, :, None, None]
         if self.time_map is not None:
             p = self.time_map(tb)
             if p.shape[-2:] != y.shape[-2:]:

@@ -77,7 +77,9 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     modules = dict(targets)
     with torch.no_grad():
         rows = [_layer(key, modules[key.split("#")[0]], *capture.sites[key]) for key in capture.sites]
-        out = capture.output[0]
+        out = capture.output
+        if out is None:
+            raise ValueError("the model was never called, so there is no output to audit")
         settings = {"K": k, "N": n, "batching": batching, "mode": mode, "call": spec["call_name"],
                     "dtype": str(out.dtype).removeprefix("torch."), "chunk_size": batch}
         return AuditReport(layers=rows, output_time_share=out.summary().time_share, output_dt=dt, settings=settings)
@@ -89,8 +91,8 @@ class _Capture:
     def __init__(self, n: int) -> None:
         self.n = n
         self.sites: dict[str, tuple[Moments, Moments]] = {}  # in call order
-        self.staged: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}  # (moments id, k) -> rows so far, count
-        self.output: tuple[Moments] | tuple[()] = ()
+        self.staged: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (moments id, k) -> rows so far, count
+        self.output: Moments | None = None
         self.where: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # per timestep: k, batch rows, n
         self.calls: dict[str, int] = {}
         self.scratch: dict[tuple[Any, ...], torch.Tensor] = {}  # one work buffer per shape, shared by all sites
@@ -147,9 +149,9 @@ class _Capture:
                 self.staged[(id(moments), k)] = (buf, count)
 
     def keep_output(self, out: torch.Tensor) -> None:
-        if not self.output:
-            self.output = (Moments(out.dtype, True, self.scratch),)
-        self.store(self.output[0], out, "output")
+        if self.output is None:
+            self.output = Moments(out.dtype, True, self.scratch)
+        self.store(self.output, out, "output")
 
 
 def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str, batch: int,

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..io import atomic_write
 from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
@@ -22,12 +21,12 @@ from .unet import UNet, UNetConfig
 
 
 @torch.no_grad()
-def sample(model: nn.Module, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+def sample(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
            batch_size: int = 256, schedule: Schedule | None = None, progress: bool = False) -> torch.Tensor:
     """``num`` images in [0, 1], shape (num, C, H, W), from ``model`` with a diffusers ``sampler``."""
     if num < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"num={num}, steps={steps}, batch_size={batch_size}: each must be a positive integer")
-    cfg: UNetConfig = model.config
+    cfg = model.config
     scheduler = make_scheduler(sampler, schedule)
     limit = scheduler.config.num_train_timesteps
     if steps > limit:
@@ -72,6 +71,7 @@ def load_model(checkpoint: str | Path, raw: bool = False,
     else:
         ema = AveragedModel(model, use_buffers=True)  # holds a copy of ``model``: the weights land in ema.module
         load_checkpoint(path, modules={"ema": ema}, restore_rng=False)
+        assert isinstance(ema.module, UNet)  # a deep copy of ``model``
         model = ema.module
     meta["path"] = str(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,8 +16,9 @@ The default ``UNetConfig()`` is the DDPM CIFAR-10 model (35.7M parameters).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -113,7 +114,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         if config.operand_bias == "zero":
             for conv in (self.conv2, self.skip):
-                if isinstance(conv, nn.Conv2d):
+                if isinstance(conv, nn.Conv2d) and conv.bias is not None:
                     nn.init.zeros_(conv.bias)
 
     def operand_convs(self) -> list[nn.Conv2d]:
@@ -168,8 +169,7 @@ class UNet(nn.Module):
         tc, ch, emb_dim = cfg.time, cfg.channels, 4 * cfg.channels
         self.time_embed = TimestepMLP(ch, emb_dim, tc)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        self.time_maps = nn.ModuleDict({str(r): make_time_map(tc, (r, r), DDPM_STEPS) for r in cfg.resolutions}
-                                       if tc.positional != "none" else {})
+        self.time_maps = nn.ModuleDict({str(r): m for r in cfg.resolutions if (m := make_time_map(tc, (r, r), DDPM_STEPS))})
 
         def res(i: int, o: int, r: int) -> ResBlock:
             return ResBlock(i, o, emb_dim, cfg.dropout, tc, self.time_maps[str(r)] if self.time_maps else None)
@@ -212,7 +212,7 @@ class UNet(nn.Module):
         emb = self.time_embed(t)
         h = self.conv_in(x)
         hs = [h]
-        for stage, down in zip(self.down, self.downsample):
+        for stage, down in zip(cast(Iterable[Stage], self.down), self.downsample):
             for block, attn in zip(stage.blocks, stage.attn):
                 h = attn(block(h, t, emb))
                 hs.append(h)
@@ -221,7 +221,7 @@ class UNet(nn.Module):
                 hs.append(h)
         for block, attn in zip(self.mid.blocks, self.mid.attn):
             h = attn(block(h, t, emb))
-        for stage, up in zip(self.up, self.upsample):
+        for stage, up in zip(cast(Iterable[Stage], self.up), self.upsample):
             for block, attn in zip(stage.blocks, stage.attn):
                 h = attn(block(torch.cat([h, hs.pop()], dim=1), t, emb))
             if not isinstance(up, nn.Identity):

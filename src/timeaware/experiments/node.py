@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from ..node.run_config import preset as run_preset
 from ..node.solve import SolverError
 from ..training import NonFiniteLoss
 from .store import ResultStore, markdown_table, write_table
+
+if TYPE_CHECKING:
+    from ..node.model import NodeClassifier
 
 METRICS = {"test_acc": "accuracy (%)", "nfe_forward": "NFE-F", "nfe_backward": "NFE-B", "survival": "survival",
            "time_share_pct": "time share (%)", "wall_time": "wall (s)"}
@@ -129,7 +132,7 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
     return table
 
 
-def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+def audit_block(model: NodeClassifier, images: torch.Tensor) -> dict[str, Any]:
     """Survival and time share of t through the ODE function's norms after a time injection.
 
     Audited in train mode, one batch per t (as in a training solve): BatchNorm then uses the batch

@@ -49,6 +49,9 @@ def state_size(image_size: tuple[int, int]) -> tuple[int, int]:
 class NodeClassifier(nn.Module):
     """stem → ODEBlock → head; ``stats`` holds the latest solve's NFE-F / NFE-B."""
 
+    mean: torch.Tensor  # buffers: the per-channel input normalisation
+    std: torch.Tensor
+
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int], *, channels: int = 64,
                  config: TimeAware | None = None, time: str = "concat", solver: SolverOptions | None = None,
                  dropout: float = 0.5, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:

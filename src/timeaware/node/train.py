@@ -54,9 +54,9 @@ def load_run_data(cfg: NodeRunConfig) -> tuple[ImageData, ImageData]:
 
 def build_model(cfg: NodeRunConfig, train: ImageData) -> NodeClassifier:
     mean, std = train.channel_stats()
-    return NodeClassifier(train.x.shape[1], train.num_classes, tuple(train.x.shape[-2:]), channels=cfg.channels,
-                          config=cfg.model, time=cfg.time, solver=cfg.solver, dropout=cfg.dropout,
-                          mean=mean, std=std)
+    return NodeClassifier(train.x.shape[1], train.num_classes, (train.x.shape[-2], train.x.shape[-1]),
+                          channels=cfg.channels, config=cfg.model, time=cfg.time, solver=cfg.solver,
+                          dropout=cfg.dropout, mean=mean, std=std)
 
 
 @torch.no_grad()
@@ -72,7 +72,9 @@ def evaluate(model: nn.Module, data: ImageData, batch_size: int, device: torch.d
 
 
 def _unwrap(model: nn.Module) -> NodeClassifier:
-    return getattr(model, "module", model)
+    inner = getattr(model, "module", model)  # DDP holds the model in .module
+    assert isinstance(inner, NodeClassifier)
+    return inner
 
 
 def train_classifier(cfg: NodeRunConfig, out: str | Path, *, resume: bool | str | Path = False,

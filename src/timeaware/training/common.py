@@ -11,19 +11,22 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..io import atomic_write_text, dumps
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
-def make_accelerator(cpu: bool | None = None, **kwargs: Any):
+def make_accelerator(cpu: bool | None = None, **kwargs: Any) -> Accelerator:
     """An ``accelerate.Accelerator``, on the CPU when no GPU is present, checked against the launcher.
 
     accelerate can silently run independent copies when its process group is not set up; we fail
