@@ -144,7 +144,7 @@ class ModelCall:
                     module.t = tt
             out = model(x, **extras)
         elif self.convention == "concat":
-            shape = [x.shape[0], *([1] * (x.ndim - 1))]
+            shape = list(x.shape)
             shape[self.concat_dim] = 1
             column = t.to(x.dtype).view(-1, *([1] * (x.ndim - 1))).expand(shape)
             out = model(torch.cat([x, column], dim=self.concat_dim), **extras)
@@ -162,7 +162,8 @@ class ModelCall:
         """The t (or, for ``embedding``, the time embedding) of a call ``model(*args, **kwargs)``, as this
         description routes it; None when it is not there (a positional map then refuses to guess)."""
         if self.convention == "attr":
-            return next((m.t for m in model.modules() if _holds_time(m) and m.t is not None), None)
+            found = next((vars(m)["t"] for m in model.modules() if _holds_time(m) and vars(m)["t"] is not None), None)
+            return None if found is None else torch.as_tensor(found)
         if self.convention == "concat":
             x = args[0] if args else None
             return x.select(self.concat_dim, -1).reshape(x.shape[0], -1)[:, 0] if isinstance(x, torch.Tensor) else None

@@ -92,6 +92,7 @@ class TimeDomain:
 
 
 DDPM_STEPS = TimeDomain("steps", 0, 999)
+UNIT_INTERVAL = TimeDomain("continuous", 0.0, 1.0)
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -169,7 +170,7 @@ class LinearTimeMap(nn.Module):
     (``TimeDomain.unit``). ``init_std`` = 0 starts from an unchanged network (for fine-tuning).
     """
 
-    def __init__(self, size: tuple[int, ...], init_std: float = 0.1, domain: TimeDomain = TimeDomain()) -> None:
+    def __init__(self, size: tuple[int, ...], init_std: float = 0.1, domain: TimeDomain = UNIT_INTERVAL) -> None:
         super().__init__()
         self.size, self.domain = _check_size(size), domain
         self.weight = nn.Parameter(torch.randn(self.size) * init_std)
@@ -207,7 +208,7 @@ class MLPTimeMap(nn.Module):
         return self.net(x).view(-1, 1, *self.size)
 
 
-def make_time_map(config: TimeAware, size: tuple[int, ...] | None, domain: TimeDomain = TimeDomain(), *,
+def make_time_map(config: TimeAware, size: tuple[int, ...] | None, domain: TimeDomain = UNIT_INTERVAL, *,
                   zero_init: bool = False, embedding_dim: int | None = None) -> nn.Module | None:
     """The positional timestep embedding (fix 1) ``config.positional`` asks for, or None: the one factory.
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import TimeAware, check_positive
-from .embeddings import TimeDomain, as_time, init_bias_, make_activation, make_time_map
+from .embeddings import UNIT_INTERVAL, TimeDomain, as_time, init_bias_, make_activation, make_time_map
 
 __all__ = ["ConcatConv2d", "ScaleShift", "TimeConv2d", "init_bias_", "make_activation", "make_norm"]
 
@@ -80,7 +80,7 @@ class TimeConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, config: TimeAware,
                  offset: str = "linear", emb_dim: int | None = None, size: tuple[int, int] | None = None,
-                 stride: int = 1, padding: int | None = None, domain: TimeDomain = TimeDomain(),
+                 stride: int = 1, padding: int | None = None, domain: TimeDomain = UNIT_INTERVAL,
                  time_map: nn.Module | None = None) -> None:
         super().__init__()
         check_positive("in_channels", in_channels)

@@ -283,8 +283,8 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, bat
     if not x.is_floating_point():
         raise TypeError(f"x has dtype {x.dtype}; allowed: a floating tensor (the model's dtype, {_dtype(model, x)})")
     if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0])
-        raise ValueError(f"x holds NaN or inf (first in input {bad}); the audit needs finite inputs")
+        first = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"x holds NaN or inf (first in input {first}); the audit needs finite inputs")
     extras = dict(extras or {})
     for name, value in extras.items():
         if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != x.shape[0]:

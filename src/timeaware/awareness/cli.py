@@ -29,8 +29,6 @@ import copy
 import json
 from dataclasses import asdict
 
-import torch
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..specs.options import add_model_arguments

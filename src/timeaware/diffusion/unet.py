@@ -24,11 +24,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import TimeAware, check_positive
 from ..calling import ModelCall
+from ..config import TimeAware, check_positive
 from ..embeddings import DDPM_STEPS, TimestepMLP, as_time, make_activation, make_time_map
 from ..layers import ScaleShift, TimeConv2d, make_norm
-from .ddpm import Schedule
 
 
 def ddpm_time_config() -> TimeAware:
@@ -169,7 +168,8 @@ class UNet(nn.Module):
         tc, ch, emb_dim = cfg.time, cfg.channels, 4 * cfg.channels
         self.time_embed = TimestepMLP(ch, emb_dim, tc)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        self.time_maps = nn.ModuleDict({str(r): m for r in cfg.resolutions if (m := make_time_map(tc, (r, r), DDPM_STEPS))})
+        self.time_maps = nn.ModuleDict({str(r): m for r in cfg.resolutions
+                                        if (m := make_time_map(tc, (r, r), DDPM_STEPS))})
 
         def res(i: int, o: int, r: int) -> ResBlock:
             return ResBlock(i, o, emb_dim, cfg.dropout, tc, self.time_maps[str(r)] if self.time_maps else None)

@@ -8,7 +8,7 @@ after the norm and ``fix`` says that nothing needs fixing.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -100,7 +100,7 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
     extras = extras or {}
     timesteps = call.timesteps(8) if timesteps is None else timesteps
     trace = trace_time(model, call, example, timesteps[[0, -1]], extras)
-    options = {"positional": form, "zero_operand_bias": zero_operand_bias, "groups": groups,
+    options: dict[str, Any] = {"positional": form, "zero_operand_bias": zero_operand_bias, "groups": groups,
                "preserve_output": preserve_output}
     if not trace.needs_fix:
         return FixResult(model, [], options, call, trace)
@@ -137,7 +137,8 @@ def apply_fix(model: nn.Module, options: dict[str, Any], call: ModelCall, preser
         kind = "MLP on the time embedding" if call.convention == "embedding" else form
         for name in add_positional(model, sites, call, form, preserve):
             size = "x".join(map(str, sites[name]))
-            changes.append(f"{name}: positional timestep embedding {size} ({kind}{', starts at 0' if preserve else ''})")
+            start = ", starts at 0" if preserve else ""
+            changes.append(f"{name}: positional timestep embedding {size} ({kind}{start})")
     return changes
 
 

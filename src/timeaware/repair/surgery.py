@@ -39,7 +39,9 @@ class TimeClock(nn.Module):
 
 
 def _tick(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    root.timeaware_clock.read(root, args, kwargs)
+    clock = root.get_submodule("timeaware_clock")
+    assert isinstance(clock, TimeClock)
+    clock.read(root, args, kwargs)
 
 
 class NormWithPositionalMap(nn.Module):
@@ -51,7 +53,8 @@ class NormWithPositionalMap(nn.Module):
         self.__dict__["clock"] = clock  # not a child: one clock for the whole model, registered on it
 
     def forward(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        t = self.clock.now
+        clock: TimeClock = self.__dict__["clock"]
+        t = clock.now
         if t is None:
             raise RuntimeError("this positional map has no t: call the whole fixed model, not one of its blocks")
         time = t if t.ndim == 2 else as_time(t, h.shape[0], h)

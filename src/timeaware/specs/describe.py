@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..calling import Input, ModelCall, _holds_time
-from ..embeddings import TimeDomain
+from ..embeddings import UNIT_INTERVAL, TimeDomain
 
 TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "sigma", "sigmas", "noise_labels", "noise_level",
               "noise_levels", "c_noise", "noise_cond")
@@ -26,7 +26,6 @@ EMBEDDING_NAMES = ("temb", "emb", "time_emb", "t_emb", "time_embedding")
 LABEL_NAMES = ("y", "class_labels", "labels", "classes", "label", "cond_labels")
 DIFFUSION_STEPS = TimeDomain("steps", 0, 999)
 EDM_SIGMAS = TimeDomain("sigma", 0.002, 80.0)
-UNIT_INTERVAL = TimeDomain("continuous", 0.0, 1.0)
 
 
 def describe(model: nn.Module, **overrides: Any) -> ModelCall:
@@ -130,7 +129,9 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
             return ModelCall(convention="embedding", embedding_dim=proj.in_features, domain=DIFFUSION_STEPS,
                              input_shape=guess_input_shape(model))
         return None
-    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    def get(key: str, default: Any = None) -> Any:
+        return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
     one_d = any(isinstance(m, nn.Conv1d) for m in model.modules()) and not any(
         isinstance(m, nn.Conv2d) for m in model.modules())
     channels, size = get("in_channels"), get("sample_size")

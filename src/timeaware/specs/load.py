@@ -22,7 +22,6 @@ from typing import Any
 from torch import nn
 
 from ..io import load_tensors, read_json
-from ..parsing import parse_pairs
 
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -122,7 +121,7 @@ def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(f"{pickled[0]}: pickle weights are never loaded (unpickling can run code); convert them to "
                          "safetensors where you trust them (diffusers: model.save_pretrained(folder, "
                          "safe_serialization=True)) or pass the config.json alone for random weights")
-    model = build_base(record, source=str(config_file))
+    model: Any = build_base(record, source=str(config_file))  # a diffusers ModelMixin (untyped)
     if weights:
         try:
             model.load_state_dict(load_tensors(weights[0]))

@@ -29,7 +29,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def add_model_arguments(parser: argparse.ArgumentParser, samples: int = 16) -> None:
     parser.add_argument("model", metavar="MODEL", help=f"{' | '.join(BUILTINS)} | diffusers folder or config.json | "
-                        "timeaware run folder | fixed folder | package.module:factory (your own code: imported and run)")
+                        "timeaware run folder | fixed folder | package.module:factory (your code: imported and run)")
     parser.add_argument("--set", dest="pairs", action="append", default=[], metavar="KEY=VALUE",
                         help="a TimeAware field of a built-in model, or a keyword for an import path's factory")
     parser.add_argument("--input-shape", metavar="SHAPE", help="one input's shape, any rank: 3,32,32 or 2,64 "
@@ -113,8 +113,8 @@ def _load(spec: str, pairs: list[str], trust_code: bool) -> tuple[nn.Module, dic
         return model, {"kind": "timeaware-node-func", "channels": channels, "config": config.to_dict(),
                        "time": model.time, "size": [h, w], "t1": 1.0}
     if (Path(spec) / "fix.json").is_file():
-        from ..repair import load_fixed
         from ..io import read_json
+        from ..repair import load_fixed
 
         if pairs:
             raise ValueError(f"--set is not allowed with the fixed folder {spec}: it is rebuilt from its fix.json")
