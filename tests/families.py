@@ -201,14 +201,14 @@ class UNetModel(nn.Module):
                                         nn.Linear(time_embed_dim, time_embed_dim))
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
-        res = {"emb_channels": time_embed_dim, "dropout": dropout, "dims": dims,
-               "use_scale_shift_norm": use_scale_shift_norm}
+        res = functools.partial(ResBlock, emb_channels=time_embed_dim, dropout=dropout, dims=dims,
+                                use_scale_shift_norm=use_scale_shift_norm)
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3,
                                                                            padding=1))])
         chans, ch, ds = [model_channels], model_channels, 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, out_channels=mult * model_channels, **res)]
+                layers: list[nn.Module] = [res(ch, out_channels=mult * model_channels)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
                     layers.append(AttentionBlock(ch, num_heads=num_heads))
@@ -218,12 +218,11 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, dims)))
                 chans.append(ch)
                 ds *= 2
-        self.middle_block = TimestepEmbedSequential(ResBlock(ch, **res), AttentionBlock(ch, num_heads=num_heads),
-                                                    ResBlock(ch, **res))
+        self.middle_block = TimestepEmbedSequential(res(ch), AttentionBlock(ch, num_heads=num_heads), res(ch))
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
-                layers = [ResBlock(ch + chans.pop(), out_channels=model_channels * mult, **res)]
+                layers = [res(ch + chans.pop(), out_channels=model_channels * mult)]
                 ch = model_channels * mult
                 if ds in attention_resolutions:
                     layers.append(AttentionBlock(ch, num_heads=num_heads))
@@ -450,7 +449,8 @@ class Unet(nn.Module):
         r = x.clone()
         t = self.time_mlp(time)
         h = []
-        for block1, block2, attn, downsample in self.downs:  # type: ignore[misc]
+        for stage in self.downs:
+            block1, block2, attn, downsample = list(stage)  # type: ignore[call-overload]
             x = block1(x, t)
             h.append(x)
             x = block2(x, t)
@@ -459,7 +459,8 @@ class Unet(nn.Module):
             x = downsample(x)
         x = self.mid_block1(x, t)
         x = self.mid_block2(self.mid_attn(x) + x, t)
-        for block1, block2, attn, upsample in self.ups:  # type: ignore[misc]
+        for stage in self.ups:
+            block1, block2, attn, upsample = list(stage)  # type: ignore[call-overload]
             x = block1(torch.cat((x, h.pop()), dim=1), t)
             x = block2(torch.cat((x, h.pop()), dim=1), t)
             x = upsample(attn(x) + x)
@@ -511,6 +512,9 @@ def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> to
 class MPFourier(nn.Module):
     """EDM2: cos(2π·f·x + φ)·√2 with fixed random frequencies and phases (buffers)."""
 
+    freqs: torch.Tensor
+    phases: torch.Tensor
+
     def __init__(self, num_channels: int, bandwidth: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("freqs", 2 * math.pi * torch.randn(num_channels) * bandwidth)
@@ -526,6 +530,7 @@ class MPConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...]) -> None:
         super().__init__()
+        self.out_channels = out_channels
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
 
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1) -> torch.Tensor:
@@ -611,8 +616,7 @@ class EDM2UNet(nn.Module):
                 self.enc[f"{res}x{res}_block{idx}"] = EDM2Block(cin, cout, cemb, flavor="enc",
                                                                 attention=res in attn_resolutions)
         self.dec = nn.ModuleDict()
-        skips = [block.out_channels if isinstance(block, EDM2Block) else block.weight.shape[0]
-                 for block in self.enc.values()]
+        skips: list[int] = [block.out_channels for block in self.enc.values()]  # type: ignore[misc]
         for level, channels in reversed(list(enumerate(cblock))):
             res = img_resolution >> level
             if level == len(cblock) - 1:
@@ -823,11 +827,14 @@ class DepthCat(nn.Module):
 
     def __init__(self, idx_cat: int = 1) -> None:
         super().__init__()
-        self.idx_cat, self.t = idx_cat, None
+        self.idx_cat = idx_cat
+        self.t: torch.Tensor | float | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = list(x.shape)
         shape[self.idx_cat] = 1
+        if self.t is None:
+            raise ValueError("DepthCat.t is not set; DEFunc (or the caller) sets it before each call")
         return torch.cat([x, self.t * torch.ones(shape).to(x)], self.idx_cat).to(x)
 
 
