@@ -139,10 +139,14 @@ class ModelCall:
         if self.convention == "tx":
             out = model(tt, x, **extras)
         elif self.convention == "attr":
-            for module in model.modules():
-                if _holds_time(module):
-                    module.t = tt
-            out = model(x, **extras)
+            holders = [m for m in model.modules() if _holds_time(m)]
+            for module in holders:
+                module.t = tt
+            try:
+                out = model(x, **extras)
+            finally:  # keep the value, not the graph: the model stays copyable
+                for module in holders:
+                    module.t = tt.detach()
         elif self.convention == "concat":
             shape = list(x.shape)
             shape[self.concat_dim] = 1

@@ -98,16 +98,18 @@ class TimeTrace:
 def trace_time(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None) -> TimeTrace:
     """Find the time sites of ``model``: x holds >= 2 inputs, t >= 2 distinct timesteps (the first two are used)."""
-    extras = extras or {}
+    one = {k: v[:1] for k, v in (extras or {}).items()}  # the same conditioning for every row: only x varies
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        branch = _time_branch(model, call, x[:2], t[:2], {k: v[:2] for k, v in extras.items()})
-        rows = [_dependencies(model, call, x[i:i + 1], t[1:2], {k: v[i:i + 1] for k, v in extras.items()}, branch)
-                for i in range(2)]
+        branch = _time_branch(model, call, x[:2], t[:2], {k: v.expand(2, *v.shape[1:]) for k, v in one.items()})
+        rows = [_dependencies(model, call, x[i:i + 1], t[1:2], one, branch) for i in range(2)]
     finally:
         for module, flag in flags.items():
             module.training = flag
+            held = vars(module).get("t")  # torchdyn's DepthCat keeps the last t: keep its value, drop the graph
+            if isinstance(held, torch.Tensor) and held.requires_grad:
+                module.t = held.detach()
     zero = [name for name, p in model.named_parameters() if p.numel() and not name.endswith("bias") and not p.any()]
     return _classify(rows, sorted(branch), zero)
 
@@ -208,14 +210,14 @@ def _dependencies(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.T
 
 
 def _probes(h: torch.Tensor) -> list[torch.Tensor]:
-    """Two fixed probes: constant over space per channel, and zero-mean over the interior (0 on the border)."""
+    """Two fixed probes: constant over space per channel, and zero-mean over the central half of the map."""
     gen = torch.Generator().manual_seed(0)
     b, c, *space = h.shape
     per_channel = torch.randn(b, c, *([1] * len(space)), generator=gen).to(h).expand_as(h).contiguous()
     if not space:
         return [per_channel, torch.zeros_like(h)]
-    inner = torch.zeros(space, dtype=torch.bool)
-    inner[tuple(slice(1, -1) if s > 2 else slice(None) for s in space)] = True
+    inner = torch.zeros(space, dtype=torch.bool)  # the central half: clear of zero padding's border leak
+    inner[tuple(slice(s // 4, s - s // 4) if s >= 4 else slice(None) for s in space)] = True
     pattern = torch.randn(b, c, *space, generator=gen).to(h) * inner.to(h)
     mean = pattern.sum(dim=tuple(range(2, h.ndim)), keepdim=True) / inner.sum()
     return [per_channel, (pattern - mean) * inner.to(h)]
@@ -225,6 +227,9 @@ def _classify(rows: list[dict[str, Any]], branch: list[str], zero: list[str]) ->
     trace = TimeTrace(time_branch=branch, zero_parameters=zero)
     a, b = rows
     for name, info in a["norms"].items():
+        if any(inner.startswith(f"{name.split('#')[0]}.") for inner in branch):  # adaLN, AdaGroupNorm: t inside
+            trace.modulated.append(name)
+            continue
         other = b["norms"].get(name, {"deps": {}})
         additive, spatial, blocked = [], False, True
         for leaf, (g_const, g_zm) in info["deps"].items():

@@ -22,15 +22,14 @@ from ..config import TimeAware, divisors
 from ..embeddings import as_time, make_time_map
 
 
-class TimeClock(nn.Module):
+class TimeClock:
     """Holds the t (or time embedding) of the model call in progress, for the positional maps inside it.
 
-    A module without parameters, registered on the fixed model so that copies of the model (EMA,
-    ``deepcopy``) carry their own clock and hook.
+    Kept in the fixed model's ``__dict__`` (not a child module: an ``nn.Sequential`` would call it), so
+    copies of the model (EMA, ``deepcopy``) carry their own clock and hook.
     """
 
     def __init__(self, call: ModelCall) -> None:
-        super().__init__()
         self.call = call
         self.now: torch.Tensor | None = None
 
@@ -39,7 +38,7 @@ class TimeClock(nn.Module):
 
 
 def _tick(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    clock = root.get_submodule("timeaware_clock")
+    clock = root.__dict__["timeaware_clock"]
     assert isinstance(clock, TimeClock)
     clock.read(root, args, kwargs)
 
@@ -63,11 +62,11 @@ class NormWithPositionalMap(nn.Module):
 
 def install_clock(model: nn.Module, call: ModelCall) -> TimeClock:
     """Register the clock and its pre-hook on ``model`` (once)."""
-    clock = getattr(model, "timeaware_clock", None)
+    clock = model.__dict__.get("timeaware_clock")
     if isinstance(clock, TimeClock):
         return clock
     clock = TimeClock(call)
-    model.add_module("timeaware_clock", clock)
+    model.__dict__["timeaware_clock"] = clock
     model.register_forward_pre_hook(_tick, with_kwargs=True)
     return clock
 

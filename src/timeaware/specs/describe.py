@@ -59,8 +59,9 @@ def _from_signature(model: nn.Module) -> ModelCall:
                          input_shape=guess_input_shape(model))
     required = [p.name for p in params if p.default is inspect.Parameter.empty]
     if len(required) <= 1:
-        if any(_holds_time(m) for m in model.modules()):  # torchdyn: DepthCat reads its .t
-            return ModelCall(convention="attr", domain=UNIT_INTERVAL, input_shape=guess_input_shape(model))
+        if any(_holds_time(m) for m in model.modules()):  # torchdyn: DepthCat reads its .t, set 0-d by DEFunc
+            return ModelCall(convention="attr", scalar_time=True, domain=UNIT_INTERVAL,
+                             input_shape=guess_input_shape(model))
         shape = guess_input_shape(model)
         dim = 1 if shape is not None and len(shape) > 1 else -1
         if shape is not None:  # t is one of the first layer's input features/channels
@@ -99,22 +100,28 @@ def _embedding_dim(model: nn.Module) -> int:
     return linear.in_features
 
 
+SPATIAL = {1: (64,), 2: (32, 32), 3: (8, 16, 16)}
+
+
 def guess_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """One input's shape from the model's first layer: (C, 32, 32) for a Conv2d, (C, 64) for a Conv1d,
-    (F,) for a Linear; None when nothing tells. A guess: reports say so, ``--input-shape`` overrides it."""
+    """One input's shape from the model's first layer that says its width: a channel norm or a conv-like layer
+    (any module whose weight is a 3-D to 5-D kernel): (C, 32, 32), (C, 64) …; else the first Linear's (F,).
+    A guess (``probe`` also tries C - 1, for a t channel concatenated inside); ``--input-shape`` overrides it."""
     shape = getattr(model, "input_shape", None)
     if shape is not None:
         return tuple(shape)
+    linear: tuple[int, ...] | None = None
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return (module.in_channels, 32, 32)
-        if isinstance(module, nn.Conv1d):
-            return (module.in_channels, 64)
-        if isinstance(module, nn.Conv3d):
-            return (module.in_channels, 8, 16, 16)
-        if isinstance(module, nn.Linear):
-            return (module.in_features,)
-    return None
+        weight = getattr(module, "weight", None)
+        if isinstance(module, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) and isinstance(weight, torch.Tensor):
+            kernels = [int(w.ndim) for m in model.modules() if isinstance(w := getattr(m, "weight", None), torch.Tensor)
+                       and w.ndim >= 3]
+            return (int(weight.shape[0]), *SPATIAL[kernels[0] - 2]) if kernels else None
+        if isinstance(weight, torch.Tensor) and 3 <= weight.ndim <= 5 and not isinstance(module, nn.Embedding):
+            return (int(weight.shape[1]) * int(getattr(module, "groups", 1)), *SPATIAL[weight.ndim - 2])
+        if linear is None and isinstance(module, nn.Linear):
+            linear = (module.in_features,)
+    return linear
 
 
 def _diffusers(model: nn.Module) -> ModelCall | None:
@@ -164,20 +171,33 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
                      extras=tuple(extras.items()))
 
 
-def probe(model: nn.Module, call: ModelCall, n: int = 2) -> None:
-    """Call the model once on tiny inputs; a failure becomes one line saying what the model wanted."""
-    x, extras = call.example(n)
-    t = call.timesteps(2)[:1].expand(n)
+def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) -> ModelCall:
+    """Call the model once on small inputs; returns the call that worked (with ``guessed`` shapes, also the
+    one with a channel fewer: a t channel concatenated inside). A failure is one line saying what the model
+    wanted."""
+    shapes = [call.input_shape]
+    if guessed and call.input_shape and len(call.input_shape) > 1:  # also a channel fewer, smaller maps
+        c, space = call.input_shape[0], call.input_shape[1:]
+        smaller = [tuple(max(1, s // d) for s in space) for d in (1, 2, 4)]
+        shapes = list(dict.fromkeys((ch, *sp) for sp in smaller for ch in (c, c - 1) if ch >= 1))
+    first: BaseException | None = None
     was = model.training
     try:
         model.train(call.mode == "train")
-        with torch.no_grad():
-            call.invoke(model, x, t, extras)
-    except (TypeError, RuntimeError, ValueError, IndexError, KeyError, AssertionError) as err:
-        raise ValueError(f"calling {type(model).__name__} as {call.name} on inputs of shape "
-                         f"{tuple(x.shape[1:])} failed: {_first_line(err)}; {_hint(model, call)}") from None
+        for shape in shapes:
+            trial = call.replace(input_shape=shape)
+            x, extras = trial.example(n)
+            try:
+                with torch.no_grad():
+                    trial.invoke(model, x, trial.timesteps(2)[:1].expand(n), extras)
+                return trial
+            except (TypeError, RuntimeError, ValueError, IndexError, KeyError, AssertionError) as err:
+                first = first or err  # the error of the shape as detected is the one to report
     finally:
         model.train(was)
+    shape = tuple(call.input_shape or ())
+    raise ValueError(f"calling {type(model).__name__} as {call.name} on inputs of shape {shape} failed: "
+                     f"{_first_line(first or RuntimeError())}; {_hint(model, call)}") from None
 
 
 def _hint(model: nn.Module, call: ModelCall) -> str:

@@ -96,7 +96,7 @@ def resolve(args: argparse.Namespace) -> Resolved:
         call = call.replace(domain=_domain(args.t_range, args.time_domain, call.domain))
     if call.input_shape is None:
         raise ValueError(f"the input shape of {args.model!r} is unknown; give --input-shape, e.g. 3,32,32 or 2,64")
-    probe(model, call)
+    call = probe(model, call, guessed=not args.input_shape)
     x, extras = call.example(args.samples, args.seed)
     return Resolved(model, record, call, x.to(dtype), {k: v.to(dtype) if v.is_floating_point() else v
                                                       for k, v in extras.items()}, call.timesteps(args.timesteps))
