@@ -55,13 +55,36 @@ def test_resume_refuses_a_different_run_and_fresh_run_refuses_an_existing_folder
         train_classifier(_tiny(epochs=2, limit=32, channels=4, groups=2), tmp_path, resume=True, progress=False)
 
 
-def test_paper_preset_is_the_papers_recipe():
-    cfg = preset("paper")
-    assert (cfg.channels, cfg.model.groups, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay,
-            cfg.patience, cfg.dropout, cfg.padding, cfg.hue, cfg.saturation) == (
-        64, 32, 250, 128, 0.1, 0.9, 1e-4, 15, 0.5, 4, 0.05, 0.05)
-    assert (cfg.solver.method, cfg.solver.rtol, cfg.solver.atol, cfg.solver.adjoint) == ("dopri5", 1e-3, 1e-3, True)
-    assert cfg.data == "cifar10" and cfg.use_flip and cfg.limit is None
+def test_paper_preset_builds_the_papers_model_on_cifar10():
+    """Section 4.1: C = 64, GroupNorm G = 32 everywhere, an 8×8 ODE state at 32 px, dopri5 at 1e-3 with the
+    adjoint, dropout 0.5 before the classifier."""
+    from torch import nn
+
+    from timeaware.data import ImageData
+    from timeaware.node.train import build_model
+
+    cifar_shaped = ImageData(torch.rand(4, 3, 32, 32), torch.arange(4), 10, "cifar10-shaped")
+    model = build_model(preset("paper"), cifar_shaped)
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and {(n.num_groups, n.num_channels) for n in norms} == {(32, 64)}
+    assert model.initial_state(cifar_shaped.x).shape == (4, 64, 8, 8)
+    solver = model.block.solver
+    assert (solver.method, solver.rtol, solver.atol, solver.adjoint, solver.t1) == ("dopri5", 1e-3, 1e-3, True, 1.0)
+    assert [m.p for m in model.head if isinstance(m, nn.Dropout)] == [0.5]
+    assert model.head[-1].out_features == 10
+
+
+def test_paper_preset_trains_with_the_papers_optimizer_and_schedule(tmp_path):
+    """SGD (lr 0.1, momentum 0.9, weight decay 1e-4) and ReduceLROnPlateau(patience 15), as the checkpoint saw them;
+    only the data and the network's size are shrunk."""
+    cfg = preset("paper").with_overrides({"data": "digits", "limit": 16, "test_limit": 8, "epochs": 1,
+                                          "batch_size": 8, "channels": 4, "groups": 2, "method": "rk4",
+                                          "options": {"step_size": 0.5}})
+    train_classifier(cfg, tmp_path, progress=False)
+    state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.1, 0.9, 1e-4, False)
+    assert (state["scheduler"]["patience"], state["scheduler"]["mode"]) == (15, "min")
 
 
 def test_overrides_parse_strings_and_reject_unknown_keys():
