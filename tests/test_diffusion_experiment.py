@@ -1,5 +1,6 @@
 """ddpm-fixes end to end at toy scale: every row trained, scored, gridded; reruns skip finished runs."""
 
+import itertools
 import json
 
 import pytest
@@ -25,7 +26,7 @@ def test_rows_add_the_papers_fixes_one_at_a_time_and_scale_shift_stands_alone():
 
     names = ["baseline", "+positional", "+zero bias", "+fewer groups"]
     assert list(ROWS) == [*names, "scale-shift"] and set(PAPER) <= set(ROWS)
-    changed = [{k for k, v in time_config(b).items() if v != time_config(a)[k]} for a, b in zip(names, names[1:])]
+    changed = [{k for k, v in time_config(b).items() if v != time_config(a)[k]} for a, b in itertools.pairwise(names)]
     assert changed == [{"positional"}, {"operand_bias"}, {"groups"}]
     full = time_config("+fewer groups")
     assert (full["positional"], full["operand_bias"], full["groups"]) == ("mlp", "zero", 1)

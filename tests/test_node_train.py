@@ -27,8 +27,9 @@ def test_two_epoch_quick_run_learns_and_writes_metrics_and_checkpoint(tmp_path):
     result = train_classifier(result_cfg, tmp_path, progress=False)
     rows = _records(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("train_loss", "train_acc", "test_acc", "nfe_forward", "nfe_backward", "lr", "wall_time"):
-        assert isinstance(rows[-1][key], float | int)
+    assert [r["lr"] for r in rows] == [0.1, 0.1]  # TINY's lr; the plateau schedule waits 15 epochs
+    assert all(0 <= r[k] <= 100 for r in rows for k in ("train_acc", "test_acc"))
+    assert rows[-1]["test_acc"] == result.summary["test_acc"] and rows[0]["wall_time"] > 0
     assert rows[-1]["nfe_forward"] >= 6 and rows[-1]["nfe_backward"] > 0  # dopri5 + adjoint
     assert result.summary["test_acc"] > 18.0  # 10 classes: chance is 10%
     state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["state"]
