@@ -21,7 +21,9 @@ def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkey
     for r in records:
         assert r["key"] == f"{r['setting']}/seed=0/quick/digits"
         assert 0 <= r["test_acc"] <= 100 and r["nfe_forward"] > 0 and r["nfe_backward"] > 0 and r["wall_time"] > 0
-        assert "survival" in r and "time_share" in r
+        assert 0 <= r["time_share"] <= 1 and r["survival"] >= 0
+    survival = {r["setting"]: r["survival"] for r in records}
+    assert survival["BN"] < min(survival["GN"], survival["GN + positional"])  # BN cancels the offset (not the edge)
     assert (tmp_path / "table.md").read_text() == table
     assert "| BN | 1 |" in table and "91.11" in table and "NFE-B" in table
 
