@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ SLURM_PACKAGES = ["slurm-wlm", "munge", "slurmdbd", "mariadb-server"]
 SLURM_COMMANDS = ["slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch", "sacct"]
 TINY = {"limit": 48, "test_limit": 32, "channels": 4, "groups": 2, "epochs": 3, "batch_size": 16, "padding": 0}
 SETTINGS = [Setting("GN"), Setting("BN", {"norm": "batch"})]
+CHECKOUT = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
 
 
 def tiny_sweep(out: Path, executor=None) -> str:
@@ -198,7 +200,7 @@ def _running_job(store: ResultStore, folder: Path, setting: str) -> str:
 
 def test_slurm_array_survives_a_cancel_and_a_requeue_and_a_resubmission_gives_the_sequential_table(
         slurm_cluster, reference, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO / "src"))  # the jobs import this checkout (sbatch exports the env)
+    monkeypatch.setenv("PYTHONPATH", CHECKOUT)  # the jobs import this checkout (sbatch exports the environment)
     store = ResultStore(tmp_path)
     driver = threading.Thread(target=tiny_sweep, args=(tmp_path, Slurm(cpus=1, time_min=10, poll_s=0.5)))
     driver.start()  # submits the job array and waits for it, as `timeaware reproduce --executor slurm` does
@@ -230,12 +232,20 @@ def test_slurm_array_survives_a_cancel_and_a_requeue_and_a_resubmission_gives_th
 # ---------------------------------------------------------------- Ray: a local cluster of two workers
 
 
-def test_ray_local_cluster_gives_the_sequential_table(reference, tmp_path, monkeypatch):
+def test_ray_local_cluster_retries_a_killed_worker_and_gives_the_sequential_table(reference, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="Ray is optional (pip install 'timeaware[ray]')")
-    monkeypatch.setenv("PYTHONPATH", str(REPO / "src"))  # Ray's workers import this checkout
-    ray.init(num_cpus=2, include_dashboard=False)
+    monkeypatch.setenv("PYTHONPATH", CHECKOUT)  # Ray's workers import this checkout
+    ray.init(num_cpus=2, include_dashboard=False)  # a local cluster: two worker processes at once
+    store = ResultStore(tmp_path)
+    driver = threading.Thread(target=tiny_sweep, args=(tmp_path, Ray(cpus=1)))
+    driver.start()
     try:
-        tiny_sweep(tmp_path, Ray(cpus=1))
+        _wait_for(lambda: (tmp_path / "runs" / slug(key("GN")) / "checkpoints" / "step-00000001").is_dir()
+                  and store.state(key("GN")).state == "running", "GN to checkpoint epoch 1")
+        marker = json.loads((tmp_path / "cells" / f"{slug(key('GN'))}.running").read_text())
+        os.kill(marker["pid"], signal.SIGKILL)  # the worker dies mid-run; Ray retries the task
     finally:
+        driver.join(timeout=300)
         ray.shutdown()
+    assert not driver.is_alive()
     assert numbers(tmp_path) == reference
