@@ -24,6 +24,9 @@ from .store import ResultStore
 from .sweep import Cell, Executor, failure, run_cell
 
 EXECUTORS = ("local", "slurm", "ray")
+# A cell requeued at its time limit resumes from its checkpoint, so a run longer than the partition's limit
+# simply takes several allocations (submitit's default stops after 3).
+MAX_REQUEUES = 100
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class Slurm:
         """Submit the cells as one job array; returns submitit's jobs, in the order of ``cells``."""
         import submitit
 
-        executor = submitit.AutoExecutor(folder=folder / "slurm" / "%j", cluster="slurm")
+        executor = submitit.AutoExecutor(folder=folder / "slurm" / "%j", cluster="slurm",
+                                         slurm_max_num_timeout=MAX_REQUEUES)
         executor.update_parameters(**self.parameters())
         n = len(cells)
         jobs = executor.map_array(CellTask(), list(cells), [folder] * n, [self.cpus] * n)
