@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 import timeaware.node.train
 from timeaware.experiments.node import node_activation, node_groups, node_norm
 from timeaware.experiments.registry import get_experiment
@@ -32,8 +30,9 @@ def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkey
 
     monkeypatch.setattr(timeaware.node.train, "train_classifier", fail)
     assert node_norm("quick", 1, tmp_path, "digits", overrides=TINY) == table
-    with pytest.raises(AssertionError, match="trained again"):
-        node_norm("quick", 2, tmp_path, "digits", overrides=TINY)  # seed 1 is new
+    table = node_norm("quick", 2, tmp_path, "digits", overrides=TINY)  # seed 1 is new: its cells run (and fail here)
+    assert "failed: BN/seed=1/quick/digits (AssertionError: a done run was trained again)" in table
+    assert "| BN | 1 |" in table  # seed 0 stays done
 
 
 def test_node_groups_sweeps_divisors_and_plots(tmp_path):
