@@ -187,7 +187,7 @@ def make_executor(name: str, settings: dict[str, Any]) -> Executor:
             raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be {kind.__name__}")
         if number and value < (0 if key == "gpus" else 1):
             raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be positive")
-    return kinds[name](**settings)  # type: ignore[no-any-return]
+    return kinds[name](**settings)
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def train_and_audit(cfg: NodeRunConfig, run_dir: Path, base: NodeRunConfig) -> d
     return {**record, **audit_block(result.model, images), "wall_time": time.perf_counter() - start}
 
 
-def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+def audit_block(model: NodeClassifier, images: torch.Tensor) -> dict[str, Any]:
     """Survival and time share of t through the ODE function's norms after a time injection.
 
     Audited in train mode, one batch per t (as in a training solve): BatchNorm then uses the batch
