@@ -131,15 +131,16 @@ def parse_record(line: str, schema: dict[str, Any], source: str) -> Any:
 
 def check_diffusers_config(config: Any, source: str | Path) -> dict[str, Any]:
     """A diffusers ``config.json``'s common fields checked for types and ranges, and the model it describes
-    checked to fit in memory (a ``block_out_channels`` of [1000000] would need terabytes)."""
+    (built, and run on one sample) checked to fit in memory: ``block_out_channels`` [1000000] needs terabytes."""
     check(config, DIFFUSERS_CONFIG, source)
     widths = config.get("block_out_channels")
     if widths:
         blocks = config.get("layers_per_block", 2)
         size = config.get("sample_size") or 64
-        params, _ = unet_size(widths, max(blocks) if isinstance(blocks, list) else blocks,
-                              max(size) if isinstance(size, list) else size, config.get("in_channels", 3))
-        check_memory(params * FLOAT, f"{source}: a model of about {params:,} parameters")
+        params, activations = unet_size(widths, max(blocks) if isinstance(blocks, list) else blocks,
+                                        max(size) if isinstance(size, list) else size, config.get("in_channels", 3))
+        check_memory(params * FLOAT + activations, f"{source}: a model of about {params:,} parameters run on one "
+                     "sample")
     return config
 
 
