@@ -137,11 +137,14 @@ def test_a_node_run_folder_is_audited_through_its_trained_ode_function(
     assert (call.domain.low, call.domain.high) == (0.0, 0.5)  # audited over the interval it was trained on
     assert main(["audit", str(tmp_path), "--set", "norm=batch"]) == 2
     assert "--set norm=... is not allowed with the run folder" in capsys.readouterr().err
-    assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(tmp_path / "fixed")]) == 0
+    assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(tmp_path / "fixed")]) == 2  # inside the run
+    assert "is inside the run folder" in capsys.readouterr().err
+    outside = tmp_path.with_name(tmp_path.name + "-fixed")
+    assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(outside)]) == 0
     capsys.readouterr()
     from timeaware.repair import load_fixed
 
-    fixed = load_fixed(tmp_path / "fixed")
+    fixed = load_fixed(outside)
     assert [m.num_groups for m in (fixed.norm1, fixed.norm2, fixed.norm3)] == [1, 1, 1]
     state_file = next((tmp_path / "checkpoints").glob("step-*")) / "state.json"
     meta = json.loads(state_file.read_text())

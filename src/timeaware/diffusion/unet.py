@@ -28,6 +28,7 @@ from ..calling import ModelCall
 from ..config import TimeAware, check_positive
 from ..embeddings import DDPM_STEPS, TimestepMLP, as_time, make_activation, make_time_map
 from ..layers import ScaleShift, TimeConv2d, make_norm
+from ..resources import unet_size
 
 
 def ddpm_time_config() -> TimeAware:
@@ -69,6 +70,11 @@ class UNetConfig:
                              "and would swamp the features at t ~ 1000; choose one of none, mlp")
         for c in {self.channels * m for m in self.channel_mult}:
             self.time.check_channels(c)
+
+    def size(self) -> tuple[int, int]:
+        """(parameters, activation bytes per training sample), estimated without building the model."""
+        widths = [self.channels * m for m in self.channel_mult]
+        return unet_size(widths, self.num_res_blocks, self.image_size, self.in_channels)
 
     @property
     def resolutions(self) -> list[int]:
