@@ -156,9 +156,9 @@ class Moments:
             inside = _ratio(max(0.0, time - time_border), max(0.0, sample - sample_border))
         eta2 = math.nan
         if self.share:  # per unit, in float64
-            between = self.between.to(torch.float64, copy=True).div_(k)                         # Var_k(mean_n Y)
-            total = self.total_sample.to(torch.float64, copy=True).div_(k * n).add_(between)     # Var_{k,n} Y: law of total variance
-            level = (self.ones @ self.mean).double().div_(n)                 # mean_{k,n} Y
+            between = self.between.to(torch.float64, copy=True).div_(k)                   # Var_k(mean_n Y)
+            total = self.total_sample.to(torch.float64, copy=True).div_(k * n).add_(between)  # Var_{k,n} Y
+            level = (self.ones @ self.mean).double().div_(n)                              # mean_{k,n} Y
             # a unit varies when its variance is above the rounding level of its values in the captured dtype:
             # total > eps²·(total + level²) + tiny (a 0/1 mask; written with out= as the bool one is slow)
             eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
