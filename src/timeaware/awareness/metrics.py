@@ -74,7 +74,7 @@ class Moments:
     def add(self, y: torch.Tensor) -> None:
         """One timestep: ``y`` holds the N inputs, shape (N, ...), the same (N, ...) at every call."""
         if self.k == 0:  # units in memory order (a view, not a copy, for channels-last maps too)
-            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride(i))]
+            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride()[i])]
         d = y.detach().permute(self.order).reshape(y.shape[0], -1).to(self.compute)
         if self.k == 0:
             self._start(d, tuple(y.shape[1:]))
