@@ -115,7 +115,7 @@ def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str 
 
 def _init_defaults(cls: type) -> dict[str, Any]:
     """A diffusers class's constructor defaults (what ``from_config`` uses for fields a config leaves out)."""
-    params = inspect.signature(cls.__init__).parameters.values()
+    params = inspect.signature(cls).parameters.values()
     return {p.name: list(p.default) if isinstance(p.default, tuple) else p.default for p in params
             if p.default is not inspect.Parameter.empty
             and isinstance(p.default, (int, float, str, tuple, list, type(None)))}
