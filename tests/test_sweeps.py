@@ -102,7 +102,7 @@ def test_status_shows_each_cell_and_the_table_so_far(tmp_path, capsys):
     (["--executor", "pbs"], "--executor 'pbs' is not allowed; choose one of local, slurm, ray"),
     (["--jobs", "0"], "executor setting jobs=0 is not allowed; it must be positive"),
     (["--executor", "slurm", "--jobs", "2"], "executor setting 'jobs' does not apply to slurm"),
-    (["--executor", "slurm", "--sbatch", "qos"], "--sbatch 'qos' is not allowed; write KEY=VALUE"),
+    (["--executor", "slurm", "--sbatch", "qos"], "--sbatch 'qos' is not of the form key=value, e.g. --sbatch qos=high"),
     (["--executor-config", "missing.json"], "--executor-config missing.json: no such file"),
 ])
 def test_bad_executor_options_are_one_line_errors(argv, message, tmp_path, capsys, monkeypatch):

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .parsing import split_pair
+
 NORMS = ("batch", "instance", "group", "layer", "none")
 POSITIONAL = ("none", "linear", "mlp")
 BIAS_INITS = ("zero", "default")
@@ -97,9 +99,7 @@ class TimeAware:
         base = base or cls()
         changes: dict[str, Any] = {}
         for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--set {pair!r} is not of the form key=value")
+            key, value = split_pair("--set", pair)
             changes[key] = parse_setting(key, value, getattr(base, key, ""))
         return base.replace(**changes)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 
 
-def split_pair(flag: str, pair: str) -> tuple[str, str]:
-    """``"key=value"`` → ``("key", "value")``; the key must be an identifier."""
+def split_pair(flag: str, pair: str, *, identifier: bool = True, hint: str = "") -> tuple[str, str]:
+    """``"key=value"`` → ``("key", "value")``; the key must be an identifier unless ``identifier`` is False."""
     key, eq, value = pair.partition("=")
-    if not eq or not key.isidentifier():
-        raise ValueError(f"{flag} {pair!r} is not of the form key=value")
+    if not eq or not key or (identifier and not key.isidentifier()):
+        raise ValueError(f"{flag} {pair!r} is not of the form key=value{hint}")
     return key, value
 
 

@@ -19,6 +19,7 @@ import torch
 from ..config import TimeAware, field_names, parse_setting
 from ..data import SOURCES
 from ..io import write_json
+from ..parsing import split_pair
 from ..resources import check_memory, training_bytes
 from ..training import (
     MetricsLog,
@@ -106,9 +107,7 @@ def preset(name: str, overrides: list[str] | tuple[str, ...] = (), data: str | N
         overrides = [f"data={data}", *adapt, *overrides]
     time_pairs, unet_changes, train_changes = [], {}, {}
     for pair in overrides:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {pair!r} is not of the form key=value")
+        key, value = split_pair("--set", pair)
         if key in field_names():
             time_pairs.append(pair)
         elif key in _fields(UNetConfig) and key != "time":

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..parsing import split_pair
 from .executors import EXECUTORS, make_executor, read_settings
 from .registry import EXPERIMENTS, PRESETS, get_experiment
 from .sweep import Executor, StatusOnly, format_status, status
@@ -78,8 +79,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--sbatch {text!r} is not allowed; write KEY=VALUE, e.g. --sbatch qos=high")
-    return key, value
+    return split_pair("--sbatch", text, identifier=False, hint=", e.g. --sbatch qos=high")
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..parsing import split_pair
 from .run_config import PRESETS, allowed_keys
 
 # flag -> NodeRunConfig / SolverOptions field it overrides
@@ -47,13 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_settings(pairs: list[str]) -> dict[str, str]:
     """``key=value`` strings → dict, with a one-line error naming a malformed pair."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {pair!r} is not of the form key=value; keys: {', '.join(allowed_keys())}")
-        out[key] = value
-    return out
+    return dict(split_pair("--set", pair, hint=f"; keys: {', '.join(allowed_keys())}") for pair in pairs)
 
 
 def run(args: argparse.Namespace) -> int:
