@@ -8,6 +8,7 @@ code, imported and run because you typed it. Everything detected about the call 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ..calling import CONVENTIONS, Input, ModelCall
 from ..embeddings import TIME_KINDS, TimeDomain
 from ..io import load_tensors
 from ..parsing import parse_pairs, parse_range, parse_shape, split_pair
+from ..resources import check_memory
 from .describe import describe, probe
 from .load import load_model
 
@@ -96,6 +98,9 @@ def resolve(args: argparse.Namespace) -> Resolved:
         call = call.replace(domain=_domain(args.t_range, args.time_domain, call.domain))
     if call.input_shape is None:
         raise ValueError(f"the input shape of {args.model!r} is unknown; give --input-shape, e.g. 3,32,32 or 2,64")
+    per_input = math.prod(call.input_shape) * torch.finfo(dtype).bits // 8
+    check_memory(args.samples * per_input * (args.timesteps + 4),  # inputs, plus the audit's per-layer sums
+                 f"--samples {args.samples} inputs of shape {','.join(map(str, call.input_shape))}")
     call = probe(model, call, guessed=not args.input_shape)
     x, extras = call.example(args.samples, args.seed)
     return Resolved(model, record, call, x.to(dtype), {k: v.to(dtype) if v.is_floating_point() else v
