@@ -21,9 +21,16 @@ def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkey
     for r in records:
         assert r["key"] == f"{r['setting']}/seed=0/quick/digits"
         assert 0 <= r["test_acc"] <= 100 and r["nfe_forward"] > 0 and r["nfe_backward"] > 0 and r["wall_time"] > 0
-        assert "survival" in r and "time_share" in r
+        assert "time_share" in r
+        # the table's number is the interior (border-free) survival averaged over the norms after ConcatConv;
+        # each norm's full-map survival is kept beside it under its own name
+        after_time = [r["audit"][name] for name in ("norm2", "norm3")]
+        assert r["interior_survival_mean"] == pytest.approx(sum(a["interior_survival"] for a in after_time) / 2)
+        assert all("full_map_survival" in a for a in after_time)
     assert (tmp_path / "table.md").read_text() == table
     assert "| BN | 1 |" in table and "91.11" in table and "NFE-B" in table
+    header = table.splitlines()[2]
+    assert "interior survival (mean)" in header and "accuracy (%) (paper, CIFAR-10 full scale)" in header
 
     def fail(*args, **kwargs):
         raise AssertionError("a done run was trained again")

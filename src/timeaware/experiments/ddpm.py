@@ -82,7 +82,7 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
             audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
             record: dict[str, Any] = {"key": key, "setting": row, "seed": seed, "changes": changes, "config": config,
                                       "loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
-                                      "scores": scores, "survival": audit.get("survival")}
+                                      "scores": scores, "interior_survival_mean": audit.get("interior_survival_mean")}
             for score in scores:
                 record[score["metric"].lower().replace("-", "_")] = score["value"]
             store.append(record)
@@ -93,7 +93,7 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
 
 def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> str:
     """Mean ± std over seeds, the paper's FID / IS beside ours, and the protocol under the table."""
-    metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑", "survival": "survival after GN",
+    metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑", "interior_survival_mean": "interior survival after GN (mean)",
                "loss": "loss (last 10% of steps)"}
     table = markdown_table(records, group="setting", metrics=metrics, order=list(ROWS), paper=PAPER,
                            title=f"ddpm-fixes ({preset})")
@@ -103,7 +103,9 @@ def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> 
         "FD-classifier is the Fréchet distance in the features of a small classifier trained on the same data: "
         "it is **not FID** and is not comparable with the paper's numbers (CIFAR-10, Inception, 1.3M steps).",
         "Paper rows: +Inject = +positional, +Set = +fewer groups (G = 1). scale-shift is not in the paper.",
-        "survival: mean over the norms right after a time injection (the audit, one t per call as in sampling).",
+        "interior survival after GN (mean): the audit's survival without the 1-pixel border, averaged over the norms "
+        "right after a time injection (one t per call as in sampling); audits/ROW-sSEED.json has each layer's "
+        "full-map and interior survival.",
         f"Wall time of this invocation: {seconds:.0f} s (runs already in results.jsonl are not redone).",
         "",
         "Protocols:",
@@ -116,7 +118,7 @@ def audit_model(model: torch.nn.Module, x: torch.Tensor, stem: Path) -> dict[str
     """Audit a trained U-Net as it samples (one t per call, eval mode); write the report as JSON and PNG."""
     timesteps = torch.linspace(0, 999, 8).round().long()
     report = audit(model, x, timesteps, call="xt", batching="shared")
-    result = {"survival": survival_after_injection(model, report), "report": report.to_dict()}
+    result = {"interior_survival_mean": survival_after_injection(model, report), "report": report.to_dict()}
     write_json(stem.with_suffix(".json"), result)
     report.plot(stem.with_suffix(".png"))
     return result

@@ -17,6 +17,9 @@ from typing import Any
 
 from ..io import atomic_write_text, dumps
 
+# Every paper number beside ours comes from the paper's full-scale CIFAR-10 runs, whatever our preset and data.
+PAPER_LABEL = "paper, CIFAR-10 full scale"
+
 
 class ResultStore:
     """Append-only ``results.jsonl`` keyed by run identity."""
@@ -75,14 +78,14 @@ def markdown_table(records: Sequence[dict[str, Any]], *, group: str, metrics: di
     """One row per ``record[group]`` value with mean ± std of each metric over seeds.
 
     ``metrics`` maps record keys to column titles; ``paper`` maps a row name to the paper's numbers
-    for some of those keys, shown in a "paper" column beside ours.
+    for some of those keys, shown beside ours in a column titled "LABEL (PAPER_LABEL)".
     """
     names = list(order) if order else list(dict.fromkeys(r[group] for r in records))
     header = ["setting", "seeds"]
     for key, label in metrics.items():
         header.append(label)
         if paper and any(key in row for row in paper.values()):
-            header.append(f"{label} (paper)")
+            header.append(f"{label} ({PAPER_LABEL})")
     lines = [f"# {title}\n" if title else "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     for name in names:
