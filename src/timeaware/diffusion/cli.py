@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/ddpm-PRESET)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
                         help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "

@@ -19,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a run folder (its latest checkpoint) or a checkpoint folder")
     parser.add_argument("--metric", action="append", default=None, help=f"{' | '.join(METRICS)} (repeatable; "
                         "default fd-classifier)")
-    add_sampling_arguments(parser)
-    parser.set_defaults(num=1000)
+    add_sampling_arguments(parser, num=1000)
     parser.add_argument("--data", default=None, help="reference dataset (default: the one the model was trained on)")
     parser.add_argument("--reference-split", default="train", help="train | test (default train)")
     parser.add_argument("--classifier", type=Path, default=None,

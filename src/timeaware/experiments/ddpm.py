@@ -93,8 +93,8 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
 
 def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> str:
     """Mean ± std over seeds, the paper's FID / IS beside ours, and the protocol under the table."""
-    metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑", "interior_survival_mean": "interior survival after GN (mean)",
-               "loss": "loss (last 10% of steps)"}
+    metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑",
+               "interior_survival_mean": "interior survival after GN (mean)", "loss": "loss (last 10% of steps)"}
     table = markdown_table(records, group="setting", metrics=metrics, order=list(ROWS), paper=PAPER,
                            title=f"ddpm-fixes ({preset})")
     protocols = {str(Protocol(**s["protocol"])) for r in records for s in r.get("scores", [])}
