@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         return _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-    except KeyboardInterrupt:
-        return _fail("interrupted")
+    except KeyboardInterrupt as err:  # a command may say how to continue (e.g. a trainer: --resume)
+        return _fail(f"interrupted; {err}" if str(err) else "interrupted")
 
 
 if __name__ == "__main__":

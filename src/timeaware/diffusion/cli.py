@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import NonFiniteLoss, is_main_process
+    from ..training import NonFiniteLoss, is_main_process, resume_hint
     from .train import preset, train
 
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"ddpm-{args.preset}"
     try:
         summary = train(out, unet_cfg, cfg, resume=args.resume or False)
+    except KeyboardInterrupt:  # Ctrl-C, timeout -s INT: the dispatcher prints "interrupted" and this hint
+        raise KeyboardInterrupt(resume_hint(out)) from None
     except NonFiniteLoss as err:  # a RuntimeError, which the dispatcher would show as a traceback
         if is_main_process():
             print(f"timeaware: error: {err}", file=sys.stderr)

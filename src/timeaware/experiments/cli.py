@@ -25,5 +25,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds {args.seeds} is not allowed; it must be a positive integer")
     experiment = get_experiment(args.experiment)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
-    print(experiment(args.preset, args.seeds, out, args.data))
+    try:
+        print(experiment(args.preset, args.seeds, out, args.data))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"rerun the same command to continue: finished runs are kept in {out / 'results.jsonl'}"
+                                " and the interrupted one resumes from its checkpoint") from None
     return 0

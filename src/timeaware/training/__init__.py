@@ -7,6 +7,7 @@ from .checkpoint import (
     load_checkpoint,
     read_checkpoint_state,
     resolve_resume,
+    resume_hint,
     rewind_to,
     save_checkpoint,
 )
@@ -23,4 +24,4 @@ from .common import (
 
 __all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "check_int", "check_number", "checkpoint_root",
            "find_checkpoint", "is_main_process", "latest_checkpoint", "load_checkpoint", "make_accelerator",
-           "read_checkpoint_state", "resolve_resume", "rewind_to", "save_checkpoint", "seed_everything"]
+           "read_checkpoint_state", "resolve_resume", "resume_hint", "rewind_to", "save_checkpoint", "seed_everything"]

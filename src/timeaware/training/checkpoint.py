@@ -45,6 +45,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder
 
 
+def resume_hint(out: str | Path) -> str:
+    """What an interrupted run can do next: continue from ``out``'s latest checkpoint, or start again."""
+    found = latest_checkpoint(out)
+    if found is None:
+        return f"no checkpoint in {out} yet, so rerunning the command starts the run again"
+    return f"rerun the command with --resume to continue from the last checkpoint, {found}"
+
+
 def resolve_resume(out: str | Path, resume: bool | str | Path | None) -> Path | None:
     """The checkpoint folder a run in ``out`` continues from (None: a fresh run), checked before anything is built.
 
