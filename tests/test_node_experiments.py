@@ -11,9 +11,13 @@ from timeaware.experiments.registry import get_experiment
 TINY = {"limit": 48, "test_limit": 32, "channels": 4, "groups": 2, "epochs": 1, "batch_size": 16, "padding": 0}
 
 
-def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkeypatch):
+def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkeypatch, capsys):
     assert get_experiment("node-norm") is node_norm
     table = node_norm("quick", 1, tmp_path, "digits", overrides=TINY)
+    said = capsys.readouterr()
+    for setting in ("GN", "BN", "GN + positional"):  # a line as each run starts, then its epochs
+        assert f"node-norm: training {setting}/seed=0/quick/digits (1 epochs)" in said.err
+    assert said.out.count("epoch 1: loss") == 3
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["setting"] for r in records] == ["GN", "BN", "GN + positional"]
     assert [r["config"]["model"]["norm"] for r in records] == ["group", "batch", "group"]
@@ -37,6 +41,7 @@ def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkey
 
     monkeypatch.setattr(timeaware.node.train, "train_classifier", fail)
     assert node_norm("quick", 1, tmp_path, "digits", overrides=TINY) == table
+    assert "node-norm: GN/seed=0/quick/digits is in results.jsonl, skipped" in capsys.readouterr().err
     with pytest.raises(AssertionError, match="trained again"):
         node_norm("quick", 2, tmp_path, "digits", overrides=TINY)  # seed 1 is new
 

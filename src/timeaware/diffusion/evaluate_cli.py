@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                             steps=args.steps, seed=args.seed, data=args.data or meta["state"]["train"]["data"],
                             reference_split=args.reference_split, classifier=args.classifier,
                             inception_weights=args.inception_weights, batch_size=args.batch_size)
-    records, _ = evaluate(model, settings, weights="raw" if args.raw else "ema")
+    records, _ = evaluate(model, settings, weights="raw" if args.raw else "ema", progress=True)
     for record in records:
         std = f" ± {record['std']:.3f}" if "std" in record else ""
         print(f"{record['metric']} = {record['value']:.4f}{std}    [{Protocol(**record['protocol'])}]")

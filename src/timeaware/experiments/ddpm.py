@@ -25,6 +25,7 @@ import torch
 from ..awareness import audit, survival_after_injection
 from ..diffusion.metrics import Protocol
 from ..io import write_json
+from ..progress import say
 from .store import ResultStore, markdown_table, write_table
 
 ROWS: dict[str, list[str]] = {
@@ -68,7 +69,9 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
             unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
             config = {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()}
             if store.done(key, config):
+                say(f"ddpm-fixes: {key} is in results.jsonl, skipped", progress)
                 continue
+            say(f"ddpm-fixes: training {key} ({cfg.steps} steps), then sampling, scoring and auditing it", progress)
             slug = f"{row.strip('+').replace(' ', '-')}-s{seed}"
             t0 = time.perf_counter()
             summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
@@ -77,7 +80,7 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
             settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=seed,
                                     data=cfg.data, classifier=out / "classifier.safetensors",
                                     inception_weights=Path(inception) if inception else None)
-            scores, samples = evaluate(model, settings)
+            scores, samples = evaluate(model, settings, progress=progress)
             save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
             audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
             record: dict[str, Any] = {"key": key, "setting": row, "seed": seed, "changes": changes, "config": config,

@@ -29,6 +29,7 @@ from ..io import atomic_write
 from ..node.run_config import NodeRunConfig
 from ..node.run_config import preset as run_preset
 from ..node.solve import SolverError
+from ..progress import say
 from ..training import NonFiniteLoss
 from .store import ResultStore, markdown_table, write_table
 
@@ -97,19 +98,22 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
     out = Path(out)
     base = _base(preset, data, overrides)
     store = ResultStore(out / "results.jsonl")
+    say(f"{name}: loading {_data_label(base)}; {len(settings)} settings × {seeds} seed(s), results in {out}")
     images = load_run_data(base)[1].x[:AUDIT_IMAGES]
     bar = tqdm([(s, seed) for s in settings for seed in range(seeds)], desc=name, unit="run")
     for setting, seed in bar:
         key = f"{setting.name}/seed={seed}/{preset}/{_data_label(base)}"
         cfg = base.with_overrides({**setting.changes, "seed": seed})
         if store.done(key, cfg.to_dict()):
+            say(f"{name}: {key} is in results.jsonl, skipped")
             continue
         bar.set_postfix_str(key)
+        say(f"{name}: training {key} ({cfg.epochs} epochs), then auditing its ODE function")
         record = {"key": key, "setting": setting.name, "seed": seed, "preset": preset, "data": _data_label(base),
                   "config": cfg.to_dict()}
         start = time.perf_counter()
         try:
-            result = train_classifier(cfg, out / "runs" / _slug(key), resume=True, progress=False)
+            result = train_classifier(cfg, out / "runs" / _slug(key), resume=True)
         except (SolverError, NonFiniteLoss) as err:  # a result too (e.g. BN's NFE blow-up); delete the line to retry
             store.append({**record, "error": str(err), "wall_time": time.perf_counter() - start})
             continue
