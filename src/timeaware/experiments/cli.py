@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
         print(experiment(args.preset, args.seeds, out, args.data))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"rerun the same command to continue: finished runs are kept in {out / 'results.jsonl'}"
-                                " and the interrupted one resumes from its checkpoint") from None
+                                " and the interrupted one resumes from its last checkpoint, if it wrote one") from None
     return 0
