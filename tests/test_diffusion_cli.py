@@ -54,7 +54,7 @@ def test_evaluate_says_what_it_does_and_trains_the_classifier_once(run_dir, tmp_
     assert "FD-classifier = " in first.out
     assert f"FD-classifier: no classifier at {classifier} yet; training one on digits" in first.err
     assert "FD-classifier: training on digits" in first.err  # its progress bar
-    assert "sampling 4 images (ddim-2, ema weights)" in first.err
+    assert "sampling 4/4 images (ddim-2)" in first.err  # the sampler's progress bar
     assert main(argv) == 0
     again = capsys.readouterr().err
-    assert "sampling 4 images" in again and "no classifier" not in again  # the saved one is reused
+    assert "sampling 4/4 images" in again and "no classifier" not in again  # the saved one is reused

@@ -57,7 +57,6 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema",
     if reference.x.shape[1] != cfg.in_channels:
         raise ValueError(f"data {reference.name} has {reference.x.shape[1]} channels but the model generates "
                          f"{cfg.in_channels}; pass the --data it was trained on")
-    say(f"sampling {settings.num} images ({settings.sampler}-{settings.steps}, {weights} weights)", progress)
     fake = sample(model, settings.num, sampler=settings.sampler, steps=settings.steps, seed=settings.seed,
                   batch_size=settings.batch_size, progress=progress)
 

@@ -98,8 +98,8 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
     out = Path(out)
     base = _base(preset, data, overrides)
     store = ResultStore(out / "results.jsonl")
-    say(f"{name}: loading {_data_label(base)}; {len(settings)} settings × {seeds} seed(s), results in {out}")
-    images = load_run_data(base)[1].x[:AUDIT_IMAGES]
+    images = load_run_data(base)[1].x[:AUDIT_IMAGES]  # bad --data fails here, before any line is printed
+    say(f"{name}: {len(settings)} settings × {seeds} seed(s) on {_data_label(base)}, results in {out}")
     bar = tqdm([(s, seed) for s in settings for seed in range(seeds)], desc=name, unit="run")
     for setting, seed in bar:
         key = f"{setting.name}/seed={seed}/{preset}/{_data_label(base)}"
