@@ -275,12 +275,14 @@ def test_verdict_thresholds() -> None:
     ({"timesteps": []}, "K >= 2"),
     ({"timesteps": [0.0, float("nan")]}, "non-finite"),
     ({"x": [[1.0, 2.0]]}, "x is a list"),
-    ({"layers": ["nope"]}, "layer 'nope' is not in the model"),
+    ({"x": torch.ones(2, 1, dtype=torch.long)}, "x has dtype torch.int64"),
+    ({"x": torch.tensor([[1.0], [float("nan")]])}, "x holds NaN or inf .first in input 1"),
+    ({"layers": ["nope"]}, "--layers 'nope' matches no module name or class"),
     ({"chunk_size": 0}, "chunk_size=0"),
 ])
 def test_bad_arguments_raise_one_line_value_errors(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"x": _x(), "timesteps": T, **kwargs}
-    with pytest.raises(ValueError, match=message) as err:
+    with pytest.raises((ValueError, TypeError), match=message) as err:  # TypeError: a wrong type or dtype
         audit(Linear(), args.pop("x"), args.pop("timesteps"), **args)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
 

@@ -75,7 +75,8 @@ class Moments:
     def add(self, y: torch.Tensor) -> None:
         """One timestep: ``y`` holds the N inputs, shape (N, ...), the same (N, ...) at every call."""
         if self.k == 0:  # units in memory order (a view, not a copy, for channels-last maps too)
-            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride(i))]
+            strides = y.stride()
+            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -strides[i])]
         d = y.detach().permute(self.order).reshape(y.shape[0], -1)
         if d.dtype != self.compute:
             d = d.to(self.compute)

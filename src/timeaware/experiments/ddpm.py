@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from ..awareness import audit, survival_after_injection
 from ..diffusion.metrics import Protocol
 from ..io import write_json
 from ..progress import say
-from .store import ResultStore, markdown_table, write_table
+from .store import markdown_table, write_table
+from .sweep import Cell, Executor, run_sweep
 
 ROWS: dict[str, list[str]] = {
     "baseline": [],
@@ -47,59 +49,67 @@ EVAL = {"quick": {"num": 512, "sampler": "ddim", "steps": 50},
 
 
 def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, overrides: tuple[str, ...] = (),
-               evaluation: dict[str, Any] | None = None, progress: bool = True) -> str:
-    """Train, sample, score and audit every row × seed into ``out``; returns the table (also table.md).
+               evaluation: dict[str, Any] | None = None, progress: bool = True,
+               executor: Executor | None = None) -> str:
+    """Train, sample, score and audit every row × seed into ``out`` on ``executor`` (default: here, one by
+    one); returns the table (also table.md).
 
     ``overrides`` are ``--set`` pairs applied to every row; ``evaluation`` changes ``EvalSettings`` fields
     of the preset's protocol (num, sampler, steps, classifier_steps): both are for smaller smoke runs.
     """
-    from ..diffusion.evaluate import EvalSettings, evaluate
-    from ..diffusion.sampling import grid, load_model, save_png
     from ..diffusion.train import preset as make_preset
-    from ..diffusion.train import train
 
     out = Path(out)
-    store = ResultStore(out / "results.jsonl")
-    inception = os.environ.get("TIMEAWARE_INCEPTION")
-    metrics = ("fid", "is") if preset == "paper" and inception else ("fd-classifier",)
     started = time.perf_counter()
+    cells = []
     for row, changes in ROWS.items():
         for seed in range(seeds):
-            key = f"{row}/seed{seed}"
             unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
-            config = {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()}
-            if store.done(key, config):
-                say(f"ddpm-fixes: {key} is in results.jsonl, skipped", progress)
-                continue
-            say(f"ddpm-fixes: training {key} ({cfg.steps} steps), then sampling, scoring and auditing it", progress)
             slug = f"{row.strip('+').replace(' ', '-')}-s{seed}"
-            t0 = time.perf_counter()
-            summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
-            t1 = time.perf_counter()
-            model, _ = load_model(out / "runs" / slug)
-            settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=seed,
-                                    data=cfg.data, classifier=out / "classifier.safetensors",
-                                    inception_weights=Path(inception) if inception else None)
-            scores, samples = evaluate(model, settings, progress=progress)
-            save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
-            audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
-            record: dict[str, Any] = {"key": key, "setting": row, "seed": seed, "changes": changes, "config": config,
-                                      "loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
-                                      "scores": scores, "interior_survival_mean": audit.get("interior_survival_mean")}
-            for score in scores:
-                record[score["metric"].lower().replace("-", "_")] = score["value"]
-            store.append(record)
-    table = render_table(store.records(), preset, time.perf_counter() - started)
+            key = f"{row}/seed{seed}"
+            cells.append(Cell(key, {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()},
+                              partial(train_and_score, unet_cfg, cfg, out, slug, preset, evaluation, progress, key),
+                              {"setting": row, "seed": seed, "changes": changes}))
+    store = run_sweep(out, cells, executor, name="ddpm-fixes", progress=progress)
+    table = render_table(store.records([c.key for c in cells]), preset, time.perf_counter() - started)
     write_table(out / "table.md", table)
     return table
+
+
+def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
+                    evaluation: dict[str, Any] | None, progress: bool, key: str) -> dict[str, Any]:
+    """One cell: train ``out/runs/slug`` (resuming its latest checkpoint), sample, score, grid and audit it."""
+    from ..diffusion.evaluate import EvalSettings, evaluate
+    from ..diffusion.sampling import grid, load_model, save_png
+    from ..diffusion.train import train
+
+    inception = os.environ.get("TIMEAWARE_INCEPTION")
+    metrics = ("fid", "is") if preset == "paper" and inception else ("fd-classifier",)
+    say(f"ddpm-fixes: training {key} ({cfg.steps} steps), then sampling, scoring and auditing it", progress)
+    t0 = time.perf_counter()
+    summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
+    t1 = time.perf_counter()
+    model, _ = load_model(out / "runs" / slug)
+    settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=cfg.seed,
+                            data=cfg.data, classifier=out / "classifier.safetensors",
+                            inception_weights=Path(inception) if inception else None)
+    scores, samples = evaluate(model, settings, progress=progress)
+    save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
+    audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
+    record: dict[str, Any] = {"loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
+                              "scores": scores,
+                              "interior_survival_mean": audit.get("interior_survival_mean")}
+    for score in scores:
+        record[score["metric"].lower().replace("-", "_")] = score["value"]
+    return record
 
 
 def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> str:
     """Mean ± std over seeds, the paper's FID / IS beside ours, and the protocol under the table."""
     metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑",
                "interior_survival_mean": "interior survival after GN (mean)", "loss": "loss (last 10% of steps)"}
-    table = markdown_table(records, group="setting", metrics=metrics, order=list(ROWS), paper=PAPER,
-                           title=f"ddpm-fixes ({preset})")
+    table = markdown_table([r for r in records if "error" not in r], group="setting", metrics=metrics,
+                           order=list(ROWS), paper=PAPER, title=f"ddpm-fixes ({preset})")
     protocols = {str(Protocol(**s["protocol"])) for r in records for s in r.get("scores", [])}
     notes = [
         "",
@@ -109,10 +119,11 @@ def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> 
         "interior survival after GN (mean): the audit's survival without the 1-pixel border, averaged over the norms "
         "right after a time injection (one t per call as in sampling); audits/ROW-sSEED.json has each layer's "
         "full-map and interior survival.",
-        f"Wall time of this invocation: {seconds:.0f} s (runs already in results.jsonl are not redone).",
+        f"Wall time of this invocation: {seconds:.0f} s (runs already done are not redone).",
         "",
         "Protocols:",
         *(f"- {p}" for p in sorted(protocols)),
+        *(f"\nfailed: {r['key']} ({r['error']})" for r in records if "error" in r),
     ]
     return table + "\n".join(notes) + "\n"
 
