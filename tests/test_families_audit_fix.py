@@ -87,7 +87,8 @@ def test_every_normalization_family_is_hooked():
     ("families:make_adm_unet", ["--set", "use_scale_shift_norm=1"], "zero-valued parameters"),
     ("families:make_torchdyn_vf", [], "site(s) where a time offset is added"),
     ("families:make_lucid_unet1d", [], "time enters after the normalizations"),
-    ("families:make_cfm_mlp", [], "t reaches no normalization"),
+    ("families:make_cfm_mlp", [], "the model has no normalization modules"),
+    ("families:make_edm2_unet", [], "zero-valued parameters (out_gain"),
 ])
 def test_the_cli_audits_bare_models_from_their_factory(factory, extra, expect, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))

@@ -75,6 +75,7 @@ class TimeTrace:
     time_branch: list[str] = field(default_factory=list)  # module calls that depend on t alone
     blocked: list[str] = field(default_factory=list)     # norms t reaches only through zero-valued parameters
     zero_parameters: list[str] = field(default_factory=list)
+    norms: int = 0  # normalization calls seen in one forward pass
 
     @property
     def needs_fix(self) -> bool:
@@ -89,9 +90,14 @@ class TimeTrace:
         if self.modulated:
             return ("time enters after the normalizations (scale-shift / adaptive norm): a channel-wise norm "
                     "cannot cancel it, nothing needs fixing")
-        if self.blocked or (self.zero_parameters and not self.time_branch):
-            return ("t is blocked at initialisation by zero-valued parameters (" + ", ".join(self.zero_parameters[:6])
-                    + "); audit with --perturb-zero-init to see the structure")
+        zero = ", ".join(self.zero_parameters[:6]) + (" …" if len(self.zero_parameters) > 6 else "")
+        if self.blocked:
+            return (f"t is blocked at initialisation by zero-valued parameters ({zero}); audit with "
+                    "--perturb-zero-init to see the structure")
+        if not self.norms:
+            hint = f"; zero-valued parameters ({zero}) keep t out at initialisation" if self.zero_parameters else ""
+            return ("the model has no normalization modules (it may normalize in functions): hook other layers with "
+                    f"--layers NAME|CLASS|PATTERN{hint}")
         return "t reaches no normalization"
 
 
@@ -224,8 +230,8 @@ def _probes(h: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _classify(rows: list[dict[str, Any]], branch: list[str], zero: list[str]) -> TimeTrace:
-    trace = TimeTrace(time_branch=branch, zero_parameters=zero)
     a, b = rows
+    trace = TimeTrace(time_branch=branch, zero_parameters=zero, norms=len(a["norms"]))
     for name, info in a["norms"].items():
         if any(inner.startswith(f"{name.split('#')[0]}.") for inner in branch):  # adaLN, AdaGroupNorm: t inside
             trace.modulated.append(name)

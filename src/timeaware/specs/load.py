@@ -16,12 +16,14 @@ imports and calls the factory it names only with ``trust_code=True`` (the ``trus
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..io import load_tensors, read_json
+from ..metadata import check_diffusers_config
 
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -68,6 +70,8 @@ def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str 
                              "model such as UNet2DModel, UNet2DConditionModel, UNet1DModel, DiTTransformer2DModel")
         if not isinstance(record.get("config"), dict):
             raise ValueError(f"{source}: the diffusers config must be a JSON object")
+        # types, ranges, and whether the model fits in memory, with the class's defaults for absent fields
+        check_diffusers_config({**_init_defaults(cls), **record["config"]}, source)
         try:
             return cls.from_config(record["config"])
         except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as err:
@@ -107,6 +111,14 @@ def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str 
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned a {type(model).__name__}; allowed: a torch.nn.Module")
     return model
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    """A diffusers class's constructor defaults (what ``from_config`` uses for fields a config leaves out)."""
+    params = inspect.signature(cls).parameters.values()
+    return {p.name: list(p.default) if isinstance(p.default, tuple) else p.default for p in params
+            if p.default is not inspect.Parameter.empty
+            and isinstance(p.default, (int, float, str, tuple, list, type(None)))}
 
 
 def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
