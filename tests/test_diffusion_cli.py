@@ -40,3 +40,21 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_says_what_it_does_and_trains_the_classifier_once(run_dir, tmp_path, monkeypatch, capsys):
+    import timeaware.diffusion.metrics as metrics
+
+    real = metrics.train_classifier
+    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: real(*a, **{**k, "steps": 3}))  # a short one
+    classifier = tmp_path / "clf.safetensors"
+    argv = ["evaluate", str(run_dir), "--num", "4", "--steps", "2", "--classifier", str(classifier)]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert "FD-classifier = " in first.out
+    assert f"FD-classifier: no classifier at {classifier} yet; training one on digits" in first.err
+    assert "FD-classifier: training on digits" in first.err  # its progress bar
+    assert "sampling 4/4 images (ddim-2)" in first.err  # the sampler's progress bar
+    assert main(argv) == 0
+    again = capsys.readouterr().err
+    assert "sampling 4/4 images" in again and "no classifier" not in again  # the saved one is reused

@@ -75,7 +75,7 @@ def test_audit_finds_the_norms_after_the_time_addition_and_fewer_groups_raise_su
     def survival(groups: int) -> float:
         cfg = UNetConfig(image_size=8, in_channels=1, channels=32, channel_mult=(1, 2), num_res_blocks=1,
                          attn_resolutions=(4,), time=ddpm_time_config().replace(groups=groups))
-        return audit_model(UNet(cfg), torch.randn(4, 1, 8, 8), tmp_path / f"g{groups}")["survival"]
+        return audit_model(UNet(cfg), torch.randn(4, 1, 8, 8), tmp_path / f"g{groups}")["interior_survival_mean"]
 
     assert survival(1) > survival(32)
 

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(describe_os_error(err))
     except (ValueError, TypeError) as err:
         return _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-    except KeyboardInterrupt:
-        return _fail("interrupted")
+    except KeyboardInterrupt as err:  # a command may say how to continue (e.g. a trainer: --resume)
+        return _fail(f"interrupted; {err}" if str(err) else "interrupted")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/ddpm-PRESET)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
                         help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import NonFiniteLoss, is_main_process
+    from ..training import NonFiniteLoss, is_main_process, resume_hint
     from .train import preset, train
 
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"ddpm-{args.preset}"
     try:
         summary = train(out, unet_cfg, cfg, resume=args.resume or False)
+    except KeyboardInterrupt:  # Ctrl-C, timeout -s INT: the dispatcher prints "interrupted" and this hint
+        raise KeyboardInterrupt(resume_hint(out)) from None
     except NonFiniteLoss as err:  # a RuntimeError, which the dispatcher would show as a traceback
         if is_main_process():
             print(f"timeaware: error: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..data import load_images
+from ..progress import say
 from .metrics import (
     LABELS,
     METRICS,
@@ -40,8 +41,12 @@ class EvalSettings:
     batch_size: int = 256
 
 
-def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema") -> tuple[list[dict[str, Any]], torch.Tensor]:
-    """Records ``{"metric", "value", ["std"], "protocol"}`` per metric, and the samples they were computed on."""
+def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema",
+             progress: bool = False) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Records ``{"metric", "value", ["std"], "protocol"}`` per metric, and the samples they were computed on.
+
+    ``progress``: a line per stage and tqdm bars (sampling, training the FD classifier), on stderr.
+    """
     unknown = [m for m in settings.metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"metric {unknown[0]!r} is unknown; choose from {', '.join(METRICS)}")
@@ -53,7 +58,7 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema") -> tuple
         raise ValueError(f"data {reference.name} has {reference.x.shape[1]} channels but the model generates "
                          f"{cfg.in_channels}; pass the --data it was trained on")
     fake = sample(model, settings.num, sampler=settings.sampler, steps=settings.steps, seed=settings.seed,
-                  batch_size=settings.batch_size)
+                  batch_size=settings.batch_size, progress=progress)
 
     def protocol(metric: str, extractor: str) -> dict[str, Any]:
         return Protocol(LABELS[metric], settings.num, f"{reference.name} {settings.reference_split} "
@@ -67,14 +72,18 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema") -> tuple
             path = settings.classifier or Path("runs/classifiers") / f"{reference.name}-{cfg.image_size}.safetensors"
             train = load_images(settings.data, "train", cfg.image_size)
             test = load_images(settings.data, "test", cfg.image_size)
-            net, info = classifier_for(path, train, test, steps=settings.classifier_steps)
+            net, info = classifier_for(path, train, test, steps=settings.classifier_steps, progress=progress)
+            say(f"FD-classifier: features of {len(reference)} reference and {settings.num} generated images", progress)
             extractor = f"classifier {path} (test accuracy {info['test_accuracy']:.3f}, d={net.num_features})"
             records.append({"metric": LABELS[metric], "value": frechet_distance(net, reference.x, fake),
                             "protocol": protocol(metric, extractor)})
         elif metric == "fid":
+            say("FID: Inception features of the reference and generated images", progress)
             records.append({"metric": "FID", "value": fid(reference.x, fake, settings.inception_weights),
                             "protocol": protocol(metric, inception)})
         else:
+            say("IS: Inception class probabilities of the generated images", progress)
             mean, std = inception_score(fake, settings.inception_weights)
             records.append({"metric": "IS", "value": mean, "std": std, "protocol": protocol(metric, inception)})
     return records, fake
+

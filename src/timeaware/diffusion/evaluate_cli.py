@@ -19,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a run folder (its latest checkpoint) or a checkpoint folder")
     parser.add_argument("--metric", action="append", default=None, help=f"{' | '.join(METRICS)} (repeatable; "
                         "default fd-classifier)")
-    add_sampling_arguments(parser)
-    parser.set_defaults(num=1000)
+    add_sampling_arguments(parser, num=1000)
     parser.add_argument("--data", default=None, help="reference dataset (default: the one the model was trained on)")
     parser.add_argument("--reference-split", default="train", help="train | test (default train)")
     parser.add_argument("--classifier", type=Path, default=None,
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                             steps=args.steps, seed=args.seed, data=args.data or meta["state"]["train"]["data"],
                             reference_split=args.reference_split, classifier=args.classifier,
                             inception_weights=args.inception_weights, batch_size=args.batch_size)
-    records, _ = evaluate(model, settings, weights="raw" if args.raw else "ema")
+    records, _ = evaluate(model, settings, weights="raw" if args.raw else "ema", progress=True)
     for record in records:
         std = f" ± {record['std']:.3f}" if "std" in record else ""
         print(f"{record['metric']} = {record['value']:.4f}{std}    [{Protocol(**record['protocol'])}]")

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..data import ImageData
 from ..io import load_tensors, save_tensors, write_json
 from ..metadata import CLASSIFIER_INFO, read_checked
+from ..progress import say
 
 METRICS = ("fd-classifier", "fid", "is")
 LABELS = {"fd-classifier": "FD-classifier", "fid": "FID", "is": "IS"}
@@ -55,27 +56,36 @@ class FeatureClassifier(nn.Module):
 
 
 def train_classifier(train: ImageData, test: ImageData, steps: int = 400, batch_size: int = 128,
-                     seed: int = 0) -> tuple[FeatureClassifier, float]:
+                     seed: int = 0, progress: bool = False) -> tuple[FeatureClassifier, float]:
     """Train the feature classifier (Adam, a few hundred steps); returns it and its test accuracy."""
+    from tqdm.auto import tqdm
+
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = FeatureClassifier(train.x.shape[1], train.num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
+    bar = tqdm(range(steps), desc=f"FD-classifier: training on {train.name}", unit="step", leave=False,
+               disable=not progress)
+    for step in bar:
         idx = torch.randint(0, len(train), (batch_size,), generator=g)
         loss = F.cross_entropy(model.logits(train.x[idx]), train.y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     with torch.no_grad():
         accuracy = (model.logits(test.x).argmax(1) == test.y).float().mean().item()
     return model, accuracy
 
 
-def classifier_for(path: str | Path, train: ImageData, test: ImageData,
-                   steps: int = 400) -> tuple[FeatureClassifier, dict[str, Any]]:
-    """Load the feature classifier at ``path`` (.safetensors + .json), training it for ``steps`` if absent."""
+def classifier_for(path: str | Path, train: ImageData, test: ImageData, steps: int = 400,
+                   progress: bool = False) -> tuple[FeatureClassifier, dict[str, Any]]:
+    """Load the feature classifier at ``path`` (.safetensors + .json), training it for ``steps`` if absent.
+
+    ``progress``: say that the classifier is being trained (the first evaluation on a dataset) and show a bar.
+    """
     path = Path(path)
     info_path = path.with_suffix(".json")
     shape = list(train.x.shape[1:])
@@ -90,7 +100,9 @@ def classifier_for(path: str | Path, train: ImageData, test: ImageData,
         except RuntimeError as err:
             raise ValueError(f"{path}: does not match {info_path} ({str(err).splitlines()[0]})") from None
         return model.eval(), info
-    model, accuracy = train_classifier(train, test, steps=steps)
+    say(f"FD-classifier: no classifier at {path} yet; training one on {train.name} ({len(train)} images, {steps} "
+        "steps) and saving it there for later evaluations", progress)
+    model, accuracy = train_classifier(train, test, steps=steps, progress=progress)
     info = {"config": model.config, "data": train.name, "image_shape": shape, "test_accuracy": accuracy,
             "steps": steps, "path": str(path)}
     save_tensors(path, model.state_dict())

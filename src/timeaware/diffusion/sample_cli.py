@@ -17,11 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for 00000.png ... and grid.png")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sampling options shared with ``timeaware evaluate``."""
+def add_sampling_arguments(parser: argparse.ArgumentParser, num: int = 64) -> None:
+    """The sampling options shared with ``timeaware evaluate``; ``num``: the default number of images."""
     parser.add_argument("--sampler", default="ddim", help=f"{' | '.join(SAMPLERS)} (default ddim)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; DDPM's own: 1000)")
-    parser.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    parser.add_argument("--num", type=int, default=num, help=f"number of images (default {num})")
     parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler noise (default 0)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA")

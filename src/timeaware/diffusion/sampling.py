@@ -61,7 +61,7 @@ def sample(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, see
             if progress:
                 from tqdm.auto import tqdm
 
-                timesteps = tqdm(timesteps, desc=f"{sampler} {start + n}/{num}", leave=False)
+                timesteps = tqdm(timesteps, desc=f"sampling {start + n}/{num} images ({sampler}-{steps})", leave=False)
             for t in timesteps:
                 eps = model(x, t.expand(n).to(device))
                 x = scheduler.step(eps, t, x, generator=generator).prev_sample

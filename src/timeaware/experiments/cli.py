@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     experiment = get_experiment(args.experiment)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
     executor = StatusOnly() if args.status else executor_from(args)
-    table = experiment(args.preset, args.seeds, out, args.data, executor=executor)
+    try:
+        table = experiment(args.preset, args.seeds, out, args.data, executor=executor)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"rerun the same command to continue: finished cells are kept in {out / 'cells'}"
+                                " and the interrupted one resumes from its last checkpoint, if it wrote one") from None
     if args.status:
         print(format_status(status(out)))
     print(table)

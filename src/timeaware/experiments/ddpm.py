@@ -26,6 +26,7 @@ import torch
 from ..awareness import audit, survival_after_injection
 from ..diffusion.metrics import Protocol
 from ..io import write_json
+from ..progress import say
 from .store import markdown_table, write_table
 from .sweep import Cell, Executor, run_sweep
 
@@ -65,17 +66,18 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
         for seed in range(seeds):
             unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
             slug = f"{row.strip('+').replace(' ', '-')}-s{seed}"
-            cells.append(Cell(f"{row}/seed{seed}", {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()},
-                              partial(train_and_score, unet_cfg, cfg, out, slug, preset, evaluation, progress),
+            key = f"{row}/seed{seed}"
+            cells.append(Cell(key, {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()},
+                              partial(train_and_score, unet_cfg, cfg, out, slug, preset, evaluation, progress, key),
                               {"setting": row, "seed": seed, "changes": changes}))
-    store = run_sweep(out, cells, executor)
+    store = run_sweep(out, cells, executor, name="ddpm-fixes", progress=progress)
     table = render_table(store.records([c.key for c in cells]), preset, time.perf_counter() - started)
     write_table(out / "table.md", table)
     return table
 
 
 def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
-                    evaluation: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+                    evaluation: dict[str, Any] | None, progress: bool, key: str) -> dict[str, Any]:
     """One cell: train ``out/runs/slug`` (resuming its latest checkpoint), sample, score, grid and audit it."""
     from ..diffusion.evaluate import EvalSettings, evaluate
     from ..diffusion.sampling import grid, load_model, save_png
@@ -83,6 +85,7 @@ def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
 
     inception = os.environ.get("TIMEAWARE_INCEPTION")
     metrics = ("fid", "is") if preset == "paper" and inception else ("fd-classifier",)
+    say(f"ddpm-fixes: training {key} ({cfg.steps} steps), then sampling, scoring and auditing it", progress)
     t0 = time.perf_counter()
     summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
     t1 = time.perf_counter()
@@ -90,11 +93,12 @@ def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
     settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=cfg.seed,
                             data=cfg.data, classifier=out / "classifier.safetensors",
                             inception_weights=Path(inception) if inception else None)
-    scores, samples = evaluate(model, settings)
+    scores, samples = evaluate(model, settings, progress=progress)
     save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
     audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
     record: dict[str, Any] = {"loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
-                              "scores": scores, "survival": audit.get("survival")}
+                              "scores": scores,
+                              "interior_survival_mean": audit.get("interior_survival_mean")}
     for score in scores:
         record[score["metric"].lower().replace("-", "_")] = score["value"]
     return record
@@ -102,8 +106,8 @@ def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
 
 def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> str:
     """Mean ± std over seeds, the paper's FID / IS beside ours, and the protocol under the table."""
-    metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑", "survival": "survival after GN",
-               "loss": "loss (last 10% of steps)"}
+    metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑",
+               "interior_survival_mean": "interior survival after GN (mean)", "loss": "loss (last 10% of steps)"}
     table = markdown_table([r for r in records if "error" not in r], group="setting", metrics=metrics,
                            order=list(ROWS), paper=PAPER, title=f"ddpm-fixes ({preset})")
     protocols = {str(Protocol(**s["protocol"])) for r in records for s in r.get("scores", [])}
@@ -112,7 +116,9 @@ def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> 
         "FD-classifier is the Fréchet distance in the features of a small classifier trained on the same data: "
         "it is **not FID** and is not comparable with the paper's numbers (CIFAR-10, Inception, 1.3M steps).",
         "Paper rows: +Inject = +positional, +Set = +fewer groups (G = 1). scale-shift is not in the paper.",
-        "survival: mean over the norms right after a time injection (the audit, one t per call as in sampling).",
+        "interior survival after GN (mean): the audit's survival without the 1-pixel border, averaged over the norms "
+        "right after a time injection (one t per call as in sampling); audits/ROW-sSEED.json has each layer's "
+        "full-map and interior survival.",
         f"Wall time of this invocation: {seconds:.0f} s (runs already done are not redone).",
         "",
         "Protocols:",
@@ -126,7 +132,7 @@ def audit_model(model: torch.nn.Module, x: torch.Tensor, stem: Path) -> dict[str
     """Audit a trained U-Net as it samples (one t per call, eval mode); write the report as JSON and PNG."""
     timesteps = torch.linspace(0, 999, 8).round().long()
     report = audit(model, x, timesteps, call="xt", batching="shared")
-    result = {"survival": survival_after_injection(model, report), "report": report.to_dict()}
+    result = {"interior_survival_mean": survival_after_injection(model, report), "report": report.to_dict()}
     write_json(stem.with_suffix(".json"), result)
     report.plot(stem.with_suffix(".png"))
     return result

@@ -42,24 +42,23 @@ class Local:
     def run(self, cells: Sequence[Cell], folder: Path) -> None:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(cells), desc=f"{len(cells)} cells", unit="run")
-        if self.jobs == 1:
-            for cell in cells:
-                bar.set_postfix_str(cell.key)
-                run_cell(cell, folder)
-                bar.update()
-            bar.close()
-            return
-        threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
-        # spawn, not fork: a forked child of a process that has used torch's thread pools can hang
-        with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, cell, folder, threads): cell for cell in cells}
-            for future in as_completed(futures):
-                cell = futures[future]
-                if future.exception() is not None:  # the worker died (killed, out of memory)
-                    _record_lost(folder, cell, f"worker process ended without a result ({future.exception()!r})")
-                bar.update()
-        bar.close()
+        # closed on the way out too (Ctrl-C), so the interrupted command's last line stays its error line
+        with tqdm(total=len(cells), desc=f"{len(cells)} cells", unit="run") as bar:
+            if self.jobs == 1:
+                for cell in cells:
+                    bar.set_postfix_str(cell.key)
+                    run_cell(cell, folder)
+                    bar.update()
+                return
+            threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
+            # spawn, not fork: a forked child of a process that has used torch's thread pools can hang
+            with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(run_cell, cell, folder, threads): cell for cell in cells}
+                for future in as_completed(futures):
+                    cell = futures[future]
+                    if future.exception() is not None:  # the worker died (killed, out of memory)
+                        _record_lost(folder, cell, f"worker process ended without a result ({future.exception()!r})")
+                    bar.update()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ def slug(key: str) -> str:
     """A file name for a run key (the run folder and the cell's result file share it)."""
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", key)
 
+# Every paper number beside ours comes from the paper's full-scale CIFAR-10 runs, whatever our preset and data.
+PAPER_LABEL = "paper, CIFAR-10 full scale"
+
 
 class ResultStore:
     """A sweep folder's per-cell result files, keyed by run identity."""
@@ -159,14 +162,14 @@ def markdown_table(records: Sequence[dict[str, Any]], *, group: str, metrics: di
     """One row per ``record[group]`` value with mean ± std of each metric over seeds.
 
     ``metrics`` maps record keys to column titles; ``paper`` maps a row name to the paper's numbers
-    for some of those keys, shown in a "paper" column beside ours.
+    for some of those keys, shown beside ours in a column titled "LABEL (PAPER_LABEL)".
     """
     names = list(order) if order else list(dict.fromkeys(r[group] for r in records))
     header = ["setting", "seeds"]
     for key, label in metrics.items():
         header.append(label)
         if paper and any(key in row for row in paper.values()):
-            header.append(f"{label} (paper)")
+            header.append(f"{label} ({PAPER_LABEL})")
     lines = [f"# {title}\n" if title else "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     for name in names:

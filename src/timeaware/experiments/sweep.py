@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..io import read_json, write_json
+from ..progress import say
 from .store import CellState, ResultStore
 
 
@@ -71,11 +72,13 @@ def error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
-def run_sweep(folder: str | Path, cells: Sequence[Cell], executor: Executor | None = None) -> ResultStore:
+def run_sweep(folder: str | Path, cells: Sequence[Cell], executor: Executor | None = None, *, name: str = "sweep",
+              progress: bool = True) -> ResultStore:
     """Run the cells of ``cells`` not done or running elsewhere on ``executor`` (None: here, one by one).
 
     Failed cells are run again (resuming from their checkpoint). Writes ``sweep.json`` (the cells, for
-    ``--status``) first and ``results.jsonl`` (the merged records) last.
+    ``--status``) first and ``results.jsonl`` (the merged records) last. With ``progress``, says on stderr
+    each cell it skips, as ``name: key ...`` (the cells' own work says when each one starts).
     """
     from .executors import Local
 
@@ -86,8 +89,14 @@ def run_sweep(folder: str | Path, cells: Sequence[Cell], executor: Executor | No
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         raise ValueError(f"a sweep's cells need distinct keys; repeated: {', '.join(repeated)}")
     write_json(folder / "sweep.json", {"cells": keys})
-    todo = [cell for cell in cells
-            if not store.done(cell.key, cell.config) and store.state(cell.key).state != "running"]
+    todo = []
+    for cell in cells:
+        if store.done(cell.key, cell.config):
+            say(f"{name}: {cell.key} is in results.jsonl, skipped", progress)
+        elif (state := store.state(cell.key)).state == "running":
+            say(f"{name}: {cell.key} is running elsewhere ({state.detail}), skipped", progress)
+        else:
+            todo.append(cell)
     if todo:
         (executor or Local()).run(todo, folder)
     store.merge(keys)

@@ -52,7 +52,7 @@ def parse_settings(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import NonFiniteLoss, is_main_process
+    from ..training import NonFiniteLoss, is_main_process, resume_hint
     from .run_config import preset
     from .solve import SolverError
     from .train import train_classifier
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"node-{args.preset}"
     try:
         result = train_classifier(cfg, out, resume=args.resume or False)
+    except KeyboardInterrupt:  # Ctrl-C, timeout -s INT: the dispatcher prints "interrupted" and this hint
+        raise KeyboardInterrupt(resume_hint(out)) from None
     except (SolverError, NonFiniteLoss) as err:  # RuntimeErrors, which the dispatcher would show as a traceback
         rank = os.environ.get("RANK", "0")
         if rank == "0" or isinstance(err, SolverError):  # a solve fails on its own rank; the loss check is global

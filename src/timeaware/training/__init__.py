@@ -7,6 +7,7 @@ from .checkpoint import (
     load_checkpoint,
     read_checkpoint_state,
     resolve_resume,
+    resume_hint,
     rewind_to,
     save_checkpoint,
 )
@@ -26,4 +27,4 @@ from .run_folder import claim_run_folder
 __all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "check_int", "check_number", "check_type", "checkpoint_root",
            "claim_run_folder",
            "find_checkpoint", "is_main_process", "latest_checkpoint", "load_checkpoint", "make_accelerator",
-           "read_checkpoint_state", "resolve_resume", "rewind_to", "save_checkpoint", "seed_everything"]
+           "read_checkpoint_state", "resolve_resume", "resume_hint", "rewind_to", "save_checkpoint", "seed_everything"]

@@ -59,6 +59,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder
 
 
+def resume_hint(out: str | Path) -> str:
+    """What an interrupted run can do next: continue from ``out``'s latest checkpoint, or start again."""
+    found = latest_checkpoint(out)
+    if found is None:
+        return f"no checkpoint in {out} yet, so rerunning the command starts the run again"
+    return f"rerun the command with --resume to continue from the last checkpoint, {found}"
+
+
 def _inside(folder: Path, root: Path) -> bool:
     """Whether ``folder`` (symlinks followed) is a direct child of ``root``."""
     return folder.resolve().parent == root.resolve()
