@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,15 @@ EVAL = {"quick": {"num": 512, "sampler": "ddim", "steps": 50},
 
 
 def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, overrides: tuple[str, ...] = (),
-               evaluation: dict[str, Any] | None = None, progress: bool = True) -> str:
+               evaluation: dict[str, Any] | None = None, progress: bool = True,
+               rows: dict[str, list[str]] | None = None,
+               extra: Callable[[torch.nn.Module, Any], dict[str, Any]] | None = None) -> str:
     """Train, sample, score and audit every row × seed into ``out``; returns the table (also table.md).
 
     ``overrides`` are ``--set`` pairs applied to every row; ``evaluation`` changes ``EvalSettings`` fields
     of the preset's protocol (num, sampler, steps, classifier_steps): both are for smaller smoke runs.
+    ``rows`` replaces ``ROWS``; ``extra(model, train_config)`` adds fields to each run's record (other sweeps
+    built on this one, e.g. time use).
     """
     from ..diffusion.evaluate import EvalSettings, evaluate
     from ..diffusion.sampling import grid, load_model, save_png
@@ -62,7 +67,7 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
     inception = os.environ.get("TIMEAWARE_INCEPTION")
     metrics = ("fid", "is") if preset == "paper" and inception else ("fd-classifier",)
     started = time.perf_counter()
-    for row, changes in ROWS.items():
+    for row, changes in (rows or ROWS).items():
         for seed in range(seeds):
             key = f"{row}/seed{seed}"
             unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
@@ -82,7 +87,8 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
             audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
             record: dict[str, Any] = {"key": key, "setting": row, "seed": seed, "changes": changes, "config": config,
                                       "loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
-                                      "scores": scores, "survival": audit.get("survival")}
+                                      "scores": scores, "survival": audit.get("survival"),
+                                      **(extra(model, cfg) if extra else {})}
             for score in scores:
                 record[score["metric"].lower().replace("-", "_")] = score["value"]
             store.append(record)
