@@ -138,3 +138,16 @@ def test_time_use_cli_on_a_node_run(tmp_path, capsys):
     assert (out / "time-use.png").stat().st_size > 0 and (out / "time-use.md").is_file()
     assert main(["time-use", str(tmp_path / "run"), "--mode", "test"]) == 2
     assert "mode='test' is not allowed" in capsys.readouterr().err
+
+
+def test_time_use_cli_on_a_ddpm_run(tmp_path, capsys):
+    from timeaware.diffusion.train import preset, train
+
+    unet_cfg, cfg = preset("quick", ["channels=8", "groups=4", "data_limit=16", "batch_size=4", "steps=1"])
+    train(tmp_path / "ddpm", unet_cfg, cfg, progress=False)
+    assert main(["time-use", str(tmp_path / "ddpm"), "--limit", "4", "--bins", "2", "--out", str(tmp_path / "tu")]) == 0
+    assert "| 0-499 |" in capsys.readouterr().out
+    result = json.loads((tmp_path / "tu" / "time-use.json").read_text())
+    assert result["kind"] == "ddpm" and [r["bin"] for r in result["rows"]] == ["0-499", "500-999"]
+    assert main(["time-use", str(tmp_path / "nothing")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

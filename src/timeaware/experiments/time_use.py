@@ -182,7 +182,6 @@ def time_use(run: str | Path, *, limit: int | None = None, bins: int = 10, mode:
              seed: int = 0) -> dict[str, Any]:
     """Time use of a run folder: ``{"kind", "run", "rows", "table"}`` (rows as the two functions above)."""
     kind, model, _, data = load_run(run, limit)
-    torch.manual_seed(seed)
     if kind == "node":
         rows = node_time_use(model, data["x"], data["y"], mode=mode)
     else:
