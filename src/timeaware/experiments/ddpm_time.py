@@ -84,7 +84,7 @@ def render(records: list[dict[str, Any]], preset: str, seeds: int) -> str:
             *per_bin]
     notes = ["", f"Seeds 0..{seeds - 1}, mean ± std. survival: the audit (one t per call, eval mode), mean over "
              "the norms right after a time injection. FD-classifier is not FID (see ddpm-fixes). "
-             "random / true: mean over the t-bins of the loss with a random t′ over the loss with the true t "
+             "random / true: the loss with a random t′ over the loss with the true t, each averaged over the t-bins "
              "(1 = the denoiser does not read t)."]
     return summary + "\n".join(bins + notes) + "\n"
 
