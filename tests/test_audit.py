@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -207,41 +208,101 @@ def test_time_share_and_snr_in_closed_form() -> None:
     assert time_share(y.expand(4, 5, 7)) == pytest.approx(5.0 / 7.0)
 
 
-def _reference(y: torch.Tensor) -> tuple[float, float, float]:
-    """SNR, interior SNR and η² of (K, N, C, H, W) straight from the definitions, in float64."""
-    y = y.double()
-    pooled = lambda v: float(v.var(0, correction=0).mean() / v.var(1, correction=0).mean())  # noqa: E731
-    flat = y.flatten(2)
-    total = flat.flatten(0, 1).var(0, correction=0)
-    eta2 = float((flat.mean(1).var(0, correction=0)[total > 0] / total[total > 0]).mean())
-    return pooled(y), pooled(y[..., 1:-1, 1:-1]), eta2
+def _definitions(y: np.ndarray, eps: float = 0.0) -> tuple[float, float, float]:
+    """SNR, interior SNR and η² of a (K, N, C, H, W) array straight from docs/audit.md, in float64 numpy.
+
+    A unit counts for η² when Var_{k,n} > eps²·(Var_{k,n} + mean²), eps that of the captured dtype.
+    """
+    y = y.astype(np.float64)
+    snr = lambda v: v.var(axis=0).mean() / v.var(axis=1).mean()  # noqa: E731  E_{n,u}[Var_k] / E_{k,u}[Var_n]
+    units = y.reshape(*y.shape[:2], -1)
+    total, between = units.var(axis=(0, 1)), units.mean(axis=1).var(axis=0)
+    varies = total > eps**2 * (total + units.mean(axis=(0, 1)) ** 2)
+    return float(snr(y)), float(snr(y[..., 1:-1, 1:-1])), float((between[varies] / total[varies]).mean())
 
 
-@pytest.mark.parametrize("shape", [(5, 4, 2, 6, 7), (5, 2, 2, 6, 7), (3, 3, 2, 128, 128)],
-                         ids=["short rows", "two inputs", "long rows"])  # each way of summing over the inputs
-def test_running_moments_match_the_definitions_in_any_order_and_in_float32(shape: tuple[int, ...]) -> None:
+def _field(k: int, n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(K, N, C, H, W) with units of every kind: constant, time only, inputs only, t on the border only, mixed."""
     gen = torch.Generator().manual_seed(3)
-    big = torch.randn(*shape, dtype=torch.float64, generator=gen) * 3 + 100  # a level far above the spread
-    big += torch.linspace(0, 1, shape[0], dtype=torch.float64)[:, None, None, None, None]  # a time signal
-    kept = big.clone()
-    want = _reference(big)
-    whole = summarize(big)
-    assert torch.equal(big, kept)  # the data is not shifted in place
-    shuffled = summarize(big[torch.randperm(shape[0], generator=gen)])
-    single = summarize(big.float())
-    for got, rel in ((whole, 1e-12), (shuffled, 1e-12), (single, 1e-5)):  # float32 data: float32 sums
+    y = torch.randn(k, n, 6, 5, 7, dtype=torch.float64, generator=gen) * 3 + 100  # a level far above the spread
+    t = torch.linspace(0, 1, k, dtype=torch.float64)[:, None, None, None]
+    y[:, :, 0] = 7.25                                                     # constant
+    y[:, :, 1] = torch.randn(k, 1, 5, 7, dtype=torch.float64, generator=gen)  # time only
+    y[:, :, 2] = y[:1, :, 2]                                              # inputs only
+    y[:, :, 3, 0] += 5 * t[..., 0]                                        # t on the top border row
+    y[:, :, 4:] += t[..., None]                                           # everywhere
+    return y.to(dtype)
+
+
+@pytest.mark.parametrize("n", [2, 3, 16], ids=["two inputs", "three", "sixteen"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_moments_match_the_definitions_in_any_order(n: int, dtype: torch.dtype) -> None:
+    y = _field(5, n, dtype)
+    kept = y.clone()
+    want = _definitions(y.double().numpy(), torch.finfo(dtype).eps)  # the captured values, exactly
+    rel = 1e-12 if dtype == torch.float64 else 1e-6  # float32 (and half, upcast per call) sums
+    shuffled = y[torch.randperm(5, generator=torch.Generator().manual_seed(0))]
+    last = torch.stack([step.contiguous(memory_format=torch.channels_last) for step in y])
+    for data in (y, shuffled, last):
+        got = summarize(data)
         assert (got.snr, got.interior_snr, got.time_share) == pytest.approx(want, rel=rel)
-    for n in (2, 3):  # a layer input (no η²) pools its sample term per call, an output once in summary
-        moments = {share: Moments(torch.float64, share) for share in (False, True)}
-        for step in big[:, :n]:
-            for m in moments.values():
-                m.add(step)
-        ins, outs = (moments[share].summary() for share in (False, True))
-        assert (ins.snr, ins.interior_snr) == pytest.approx((outs.snr, outs.interior_snr), rel=1e-12)
-        assert math.isnan(ins.time_share) and moments[True].summary() == outs  # summary changes nothing
-    same_t = big[:1].expand(shape[0], -1, -1, -1, -1)  # nothing depends on t: exactly 0, not rounding noise
-    for y in (same_t, same_t.float()):
-        assert summarize(y).snr == 0.0 and summarize(y).time_share == 0.0
+    assert torch.equal(y, kept)  # the data is not shifted in place
+    inputs = Moments(dtype, share=False)  # a layer input: no η², the same SNRs
+    for step in y:
+        inputs.add(step)
+    assert (inputs.summary().snr, inputs.summary().interior_snr) == pytest.approx(want[:2], rel=rel)
+    assert math.isnan(inputs.summary().time_share)
+
+
+def test_nothing_that_depends_on_t_gives_exactly_zero() -> None:
+    for dtype in (torch.float64, torch.float32, torch.float16):
+        same_t = _field(1, 4, dtype).expand(5, -1, -1, -1, -1)  # not rounding noise: the "no time" floor needs 0
+        got = summarize(same_t)
+        assert got.snr == 0.0 and got.interior_snr == 0.0 and got.time_share == 0.0
+    same_x = _field(5, 1).expand(-1, 3, -1, -1, -1)  # inputs agree: no sample variance, only time
+    assert summarize(same_x).snr == math.inf
+
+
+class BorderRow(nn.Module):
+    """Triples the top row of a map: survival and interior survival differ."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([3 * y[..., :1, :], y[..., 1:, :]], dim=-2)
+
+
+class Field(nn.Module):
+    """y(x, t) per sample, then ``BorderRow``: the tensors the hooks capture are known in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.border = BorderRow()
+
+    @staticmethod
+    def field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x * x[:, :1] + torch.sin(7 * t).reshape(-1, 1, 1, 1) * x[:, 1:2] + t.reshape(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.border(self.field(x, t))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"chunk_size": 3}, {"batching": "mixed"},
+                                    {"batching": "mixed", "chunk_size": 5}],
+                         ids=["shared", "chunked", "mixed", "mixed chunked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_every_way_of_batching_matches_the_definitions(kwargs: dict[str, object], dtype: torch.dtype) -> None:
+    model, x, t = Field(), _x().to(dtype), T.to(dtype)
+    report = audit(model, x, t, layers=["border"], **kwargs)  # type: ignore[arg-type]
+    with torch.no_grad():
+        y_in = torch.stack([Field.field(x, s.expand(x.shape[0])) for s in t])
+        y_out = torch.stack([model.border(y) for y in y_in])
+    eps = torch.finfo(dtype).eps
+    (snr_in, inner_in, _), (snr_out, inner_out, eta2) = (_definitions(v.numpy(), eps) for v in (y_in, y_out))
+    row = next(layer for layer in report.to_dict()["layers"] if layer["name"] == "border")
+    rel = 1e-12 if dtype == torch.float64 else 1e-6
+    assert (row["snr_in"], row["snr_out"], row["time_share"]) == pytest.approx((snr_in, snr_out, eta2), rel=rel)
+    assert (row["survival"], row["interior_survival"]) == pytest.approx(
+        (snr_out / snr_in, inner_out / inner_in), rel=2 * rel)
+    assert abs(row["survival"] - row["interior_survival"]) > 0.01  # the border matters here
 
 
 def test_report_formats() -> None:
@@ -275,21 +336,13 @@ def test_verdict_thresholds() -> None:
     ({"timesteps": []}, "K >= 2"),
     ({"timesteps": [0.0, float("nan")]}, "non-finite"),
     ({"x": [[1.0, 2.0]]}, "x is a list"),
-    ({"layers": ["nope"]}, "layer 'nope' is not in the model"),
+    ({"x": torch.ones(2, 1, dtype=torch.long)}, "x has dtype torch.int64"),
+    ({"x": torch.tensor([[1.0], [float("nan")]])}, "x holds NaN or inf .first in input 1"),
+    ({"layers": ["nope"]}, "--layers 'nope' matches no module name or class"),
     ({"chunk_size": 0}, "chunk_size=0"),
 ])
 def test_bad_arguments_raise_one_line_value_errors(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"x": _x(), "timesteps": T, **kwargs}
-    with pytest.raises(ValueError, match=message) as err:
+    with pytest.raises((ValueError, TypeError), match=message) as err:  # TypeError: a wrong type or dtype
         audit(Linear(), args.pop("x"), args.pop("timesteps"), **args)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
-
-
-def test_channels_last_captures_give_the_same_numbers() -> None:
-    y = torch.randn(4, 3, 5, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    y[..., 0, :] += torch.arange(4, dtype=torch.float64)[:, None, None, None]  # t on the top border row only
-    last = torch.stack([step.contiguous(memory_format=torch.channels_last) for step in y])
-    want, got = summarize(y), summarize(last)
-    assert last[0].stride()[1] == 1 and got.interior_snr < got.snr
-    for key in ("snr", "interior_snr", "time_share"):
-        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12)

@@ -59,22 +59,23 @@ def test_table_and_plot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     plot = tmp_path / "survival.png"
     assert main(["audit", "node-func-mlp", "--set", "norm=layer", *SMALL, "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert "static check: 2" in out and "norm2" in out and "3 layers:" in out
+    assert "where t enters: 2 site(s)" in out and "norm2" in out and "3 layers:" in out
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_import_path_gets_set_pairs_as_keyword_strings(capsys: pytest.CaptureFixture[str]) -> None:
     data = _json(capsys, f"{__name__}:tiny", "--set", "channels=3", "--input-shape", "3,5,5", *SMALL)
     assert [a["name"] for a in data["layers"]] == ["norm"]
-    assert data["layers"][0]["verdict"] == "vanished" and data["summary"]["call"] == "xt"
+    assert data["layers"][0]["verdict"] == "vanished" and data["call"]["convention"] == "xt"
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["bogus-model"], "MODEL 'bogus-model' is not allowed"),
+    (["bogus-model"], "MODEL 'bogus-model' is neither a built-in (node-func, node-func-mlp)"),
+    (["runs/bn"], "MODEL runs/bn: no such file or folder"),
     (["node-func", "--set", "norm=bogus"], "norm='bogus' is not allowed"),
     (["os.path:"], "MODEL 'os.path:' is not allowed"),
     (["no_such_module_xyz:build", "--input-shape", "3,4,4"], "cannot import 'no_such_module_xyz'"),
-    ([f"{__name__}:tiny"], "--input-shape is needed"),
+    ([f"{__name__}:tiny", "--input-shape", "4,5"], "calling Tiny as model(x, t=t) on inputs of shape (4, 5) failed"),
     (["node-func", "--timesteps", "1"], "--timesteps 1 is not allowed"),
     (["node-func", "--plot", "x.jpg"], "--plot 'x.jpg' is not allowed"),
     (["node-func", "--batching", "random"], "invalid choice"),
@@ -110,7 +111,8 @@ def test_a_ddpm_run_folder_is_audited_with_its_ema_unet_image_shape_and_integer_
     got = _json(capsys, str(tmp_path), *SMALL)
     torch.manual_seed(0)  # as the CLI: seed, build the model, draw the inputs
     unet = load_unet(tmp_path, device="cpu")[0]  # the EMA weights, as sampling uses them
-    want = audit(unet, torch.randn(4, 1, 8, 8), torch.tensor([0, 500, 999]), mode="eval")
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = audit(unet, x, torch.tensor([0, 500, 999]), mode="eval")
     assert got["summary"]["mode"] == "eval" and got["summary"]["output_dt"] is None  # integer steps: no d/dt
     survival = [math.nan if a["survival"] is None else a["survival"] for a in got["layers"]]
     assert survival == pytest.approx([a.survival for a in want.layers], rel=1e-9, nan_ok=True)
@@ -126,19 +128,23 @@ def test_a_node_run_folder_is_audited_through_its_trained_ode_function(
                                           "batch_size": 16, "epochs": 1, "padding": 0, "t1": 0.5})
     trained = train_classifier(cfg, tmp_path, progress=False).model.block.func
     func, record = load_model(str(tmp_path))
-    assert record["kind"] == "timeaware-node-func" and func.input_shape == (8, 4, 4)  # 16x16 digits, two stride-2
+    call = func.timeaware_call()
+    assert record["kind"] == "timeaware-node-func" and call.input_shape == (8, 4, 4)  # 16x16 digits, two stride-2
     assert all(torch.equal(a, b) for a, b in zip(func.state_dict().values(), trained.state_dict().values()))
     got = _json(capsys, str(tmp_path), *SMALL)
-    assert got["summary"]["mode"] == "train" and got["summary"]["call"] == "tx"
+    assert got["summary"]["mode"] == "train" and got["call"]["convention"] == "tx"
     assert [a["name"] for a in got["layers"]] == ["norm1", "norm2", "norm3"]
-    assert func.time_range == (0.0, 0.5)  # audited over the interval it was trained on
+    assert (call.domain.low, call.domain.high) == (0.0, 0.5)  # audited over the interval it was trained on
     assert main(["audit", str(tmp_path), "--set", "norm=batch"]) == 2
     assert "--set norm=... is not allowed with the run folder" in capsys.readouterr().err
-    assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(tmp_path / "fixed")]) == 0
+    assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(tmp_path / "fixed")]) == 2  # inside the run
+    assert "is inside the run folder" in capsys.readouterr().err
+    outside = tmp_path.with_name(tmp_path.name + "-fixed")
+    assert main(["fix", str(tmp_path), "--groups", "1", "--out", str(outside)]) == 0
     capsys.readouterr()
     from timeaware.repair import load_fixed
 
-    fixed = load_fixed(tmp_path / "fixed")
+    fixed = load_fixed(outside)
     assert [m.num_groups for m in (fixed.norm1, fixed.norm2, fixed.norm3)] == [1, 1, 1]
     state_file = next((tmp_path / "checkpoints").glob("step-*")) / "state.json"
     meta = json.loads(state_file.read_text())

@@ -1,5 +1,9 @@
 """ddpm-fixes end to end at toy scale: every row trained, scored, gridded; reruns skip finished runs."""
 
+import itertools
+import json
+
+import pytest
 import torch
 
 from timeaware.experiments.ddpm import PAPER, ROWS, audit_model, ddpm_fixes
@@ -13,10 +17,20 @@ def test_registry_points_at_ddpm_fixes():
     assert get_experiment("ddpm-fixes") is ddpm_fixes
 
 
-def test_rows_are_the_papers_table_3_plus_scale_shift():
-    assert list(ROWS) == ["baseline", "+positional", "+zero bias", "+fewer groups", "scale-shift"]
-    assert ROWS["+fewer groups"] == ["positional=mlp", "operand_bias=zero", "groups=1"]
-    assert PAPER["+fewer groups"] == {"fid": 3.074, "is": 9.603}
+def test_rows_add_the_papers_fixes_one_at_a_time_and_scale_shift_stands_alone():
+    """Table 3 is cumulative: each row keeps the previous row's fixes and adds one."""
+    from timeaware.diffusion.train import preset
+
+    def time_config(row: str) -> dict:
+        return preset("quick", ROWS[row])[0].time.to_dict()
+
+    names = ["baseline", "+positional", "+zero bias", "+fewer groups"]
+    assert list(ROWS) == [*names, "scale-shift"] and set(PAPER) <= set(ROWS)
+    changed = [{k for k, v in time_config(b).items() if v != time_config(a)[k]} for a, b in itertools.pairwise(names)]
+    assert changed == [{"positional"}, {"operand_bias"}, {"groups"}]
+    full = time_config("+fewer groups")
+    assert (full["positional"], full["operand_bias"], full["groups"]) == ("mlp", "zero", 1)
+    assert {k for k, v in time_config("scale-shift").items() if v != time_config("baseline")[k]} == {"injection"}
 
 
 def test_quick_ddpm_fixes_writes_table_grids_and_skips_done_runs(tmp_path):
@@ -31,13 +45,18 @@ def test_quick_ddpm_fixes_writes_table_grids_and_skips_done_runs(tmp_path):
     assert (tmp_path / "results.jsonl").read_text().splitlines() == lines
 
 
-def test_paper_preset_runs_a_few_steps(tmp_path):
+def test_paper_preset_trains_with_the_papers_optimizer(tmp_path):
+    """Section 4.2: Adam at 2e-4 without weight decay after a linear warm-up of 5k steps, as the checkpoint saw it."""
     from timeaware.diffusion.train import preset, train
+    from timeaware.training import latest_checkpoint
 
     unet_cfg, cfg = preset("paper", ["channels=32", "channel_mult=1,2", "data=digits", "image_size=16",
-                                     "in_channels=1", "steps=1", "batch_size=2"])
-    assert unet_cfg.attn_resolutions == (16,) and cfg.warmup == 5000
-    assert train(tmp_path, unet_cfg, cfg, progress=False)["step"] == 1
+                                     "in_channels=1", "steps=2", "batch_size=2"])
+    assert train(tmp_path, unet_cfg, cfg, progress=False)["step"] == 2
+    state = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["initial_lr"], group["weight_decay"], group["betas"]) == (2e-4, 0.0, [0.9, 0.999])
+    assert group["lr"] == pytest.approx(2e-4 * 3 / 5000, rel=1e-12)  # after 2 of 5000 warm-up steps: (2 + 1) / 5000
 
 
 def test_audit_finds_the_norms_after_the_time_addition_and_fewer_groups_raise_survival(tmp_path):

@@ -88,12 +88,20 @@ def test_quick_preset_on_rgb_data_switches_to_a_16px_subset_and_overrides_still_
     assert preset("quick", data="digits")[0].in_channels == 1
 
 
-def test_paper_preset_is_the_paper_recipe():
-    unet_cfg, cfg = preset("paper")
-    assert (unet_cfg.channels, unet_cfg.channel_mult, unet_cfg.attn_resolutions, unet_cfg.dropout) == (
-        128, (1, 2, 2, 2), (16,), 0.1)
-    assert (cfg.lr, cfg.warmup, cfg.grad_clip, cfg.batch_size, cfg.steps, cfg.ema_decay, cfg.flip) == (
-        2e-4, 5000, 1.0, 128, 1_300_000, 0.9999, True)
+def test_paper_preset_builds_ddpms_cifar10_u_net():
+    """Ho et al.'s CIFAR-10 model: 35.7M parameters, self-attention on the 16×16 maps (and once in the middle)."""
+    from test_diffusion_unet import DDPM_CIFAR10_PARAMS, meta_count
+    from timeaware.diffusion.unet import Attention
+
+    unet_cfg, _ = preset("paper")
+    assert abs(meta_count(unet_cfg) / DDPM_CIFAR10_PARAMS - 1) < 0.005
+    model, sizes = UNet(unet_cfg), []
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32), torch.tensor([10]))
+    assert sizes == [(16, 16)] * 2 + [(4, 4)] + [(16, 16)] * 3  # 2 blocks down, the middle, 3 blocks up
 
 
 @pytest.mark.parametrize(("pair", "message"), [

@@ -30,11 +30,15 @@ def test_positional_branch_adds_under_one_percent():
 
 
 @pytest.mark.parametrize("changes", [{}, {"positional": "mlp"}, {"injection": "scale_shift"}, {"groups": 1}])
-def test_forward_shape_with_integer_and_float_timesteps(changes):
-    model = UNet(tiny(**changes))
-    x = torch.randn(3, 1, 8, 8)
-    assert model(x, torch.tensor([0, 500, 999])).shape == x.shape
-    assert model(x, torch.tensor([0.5, 10.0, 999.0])).shape == x.shape
+def test_integer_steps_are_float_steps_and_each_sample_gets_its_own_t(changes):
+    model = UNet(tiny(**changes)).double().eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    steps = torch.tensor([0, 500, 999])
+    batched = model(x, steps)
+    torch.testing.assert_close(batched, model(x, steps.double()), rtol=0, atol=0)
+    alone = torch.cat([model(x[i:i + 1], steps[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, alone, rtol=1e-10, atol=1e-12)  # GroupNorm: no mixing across the batch
+    assert (batched - model(x, steps.flip(0))).abs().amax() > 1e-4  # and it is each sample's own t that counts
 
 
 def test_output_depends_on_t_through_each_injection():
@@ -44,22 +48,31 @@ def test_output_depends_on_t_through_each_injection():
         assert (model(x, torch.tensor([1, 1])) - model(x, torch.tensor([900, 900]))).abs().max() > 1e-4
 
 
-def test_operand_bias_zero_zeroes_exactly_the_operand_convs():
-    torch.manual_seed(0)
+def test_operand_bias_zero_zeroes_exactly_the_convs_of_the_residual_blocks():
+    """The operand branch of a residual block is all of its convs (its time branch is Linear layers);
+    every other layer (time branch, positional map, attention, in/out convs, resampling) keeps its bias."""
     model = UNet(tiny(operand_bias="zero", positional="mlp"))
-    blocks = model.res_blocks()
-    operand = {id(c.bias) for b in blocks for c in b.operand_convs()}
-    assert len(operand) == 3 * len(blocks) - sum(isinstance(b.skip, nn.Identity) for b in blocks)
+    in_blocks = {id(m) for block in model.res_blocks() for m in block.modules() if isinstance(m, nn.Conv2d)}
+    skips = sum(isinstance(block.skip, nn.Conv2d) for block in model.res_blocks())
+    assert len(in_blocks) == 2 * len(model.res_blocks()) + skips > 0
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             zero = bool((module.bias == 0).all())
-            assert zero == (id(module.bias) in operand), name  # time branch, attention, in/out: default
+            assert zero == (id(module) in in_blocks), name
+    default = UNet(tiny(positional="mlp"))
+    assert all(bool((m.bias != 0).all()) for m in default.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
-def test_scale_shift_moves_time_after_the_norm():
-    model = UNet(tiny(injection="scale_shift"))
-    block = model.res_blocks()[0]
-    assert block.conv1.offset is None and block.scale_shift is not None
+@pytest.mark.parametrize(("injection", "norm_input_moves"), [("add", True), ("scale_shift", False)])
+def test_scale_shift_moves_time_after_the_norm(injection, norm_input_moves):
+    """The norm after the first conv sees t only with "add"; with "scale_shift" t arrives after it."""
+    model = UNet(tiny(injection=injection)).eval()
+    block, norm_inputs = model.res_blocks()[0], []
+    block.norm2.register_forward_pre_hook(lambda module, args: norm_inputs.append(args[0]))
+    x = torch.randn(2, 8, 8, 8)
+    outputs = [block(x, t, model.time_embed(t)) for t in (torch.tensor([10, 10]), torch.tensor([900, 900]))]
+    assert ((norm_inputs[1] - norm_inputs[0]).abs().amax() > 1e-4) == norm_input_moves
+    assert (outputs[1] - outputs[0]).abs().amax() > 1e-4  # either way the block's output depends on t
 
 
 def test_groups_reach_every_norm():

@@ -42,7 +42,7 @@ def test_two_process_gloo_run_equals_one_process_with_the_same_global_batch(tmp_
     for a, b in zip(rows, one, strict=True):  # metrics are reduced over ranks: the same as one process
         assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"] and a["lr"] == b["lr"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints", "metrics.jsonl"]  # rank 0 locks, writes
 
 
 def test_a_launch_whose_process_count_differs_from_world_size_fails_loudly(monkeypatch):

@@ -87,14 +87,14 @@ def test_safetensors_round_trip_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp files left
 
 
-def test_result_store_skips_done_runs_and_ignores_torn_lines(tmp_path):
-    store = ResultStore(tmp_path / "results.jsonl")
-    store.append({"key": "gn/0", "setting": "gn", "acc": 50.0})
-    store.append({"key": "gn/1", "setting": "gn", "acc": 60.0})
-    with open(store.path, "a") as fh:
-        fh.write('{"key": "bn/0", "acc"')  # crash mid-write
-    assert store.done("gn/1") and not store.done("bn/0")
-    table = markdown_table(store.records(), group="setting", metrics={"acc": "accuracy"},
+def test_result_store_keeps_one_file_per_cell_and_failed_cells_are_not_done(tmp_path):
+    store = ResultStore(tmp_path)
+    store.put({"key": "gn/0", "setting": "gn", "acc": 50.0})
+    store.put({"key": "gn/1", "setting": "gn", "acc": 60.0})
+    store.put({"key": "bn/0", "setting": "bn", "error": "SolverError: max_num_steps exceeded"})
+    assert store.done("gn/1") and not store.done("bn/0") and not store.done("bn/1")
+    assert store.state("bn/0").detail == "SolverError: max_num_steps exceeded"
+    table = markdown_table(store.records(["gn/0", "gn/1"]), group="setting", metrics={"acc": "accuracy"},
                            paper={"gn": {"acc": 91.76}})
     assert "| gn | 2 | 55.00 ± 7.07 | 91.76 |" in table
     assert mean_std([1.0, float("nan"), None]) == "1.00"
@@ -127,8 +127,8 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
 
 
 def test_result_store_refuses_a_key_recorded_with_another_config(tmp_path):
-    store = ResultStore(tmp_path / "results.jsonl")
-    store.append({"key": "gn/0", "config": {"epochs": 1, "dims": (2, 3)}})
+    store = ResultStore(tmp_path)
+    store.put({"key": "gn/0", "config": {"epochs": 1, "dims": (2, 3)}})
     assert store.done("gn/0", {"epochs": 1, "dims": (2, 3)})  # tuples round-trip as lists
     with pytest.raises(ValueError, match="run 'gn/0' was recorded with a different configuration"):
         store.done("gn/0", {"epochs": 250, "dims": (2, 3)})

@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from timeaware import ConcatConv2d, LinearTimeMap, MLPTimeMap, ScaleShift, TimeAware, TimeConv2d, make_norm
-from timeaware.embeddings import as_time, sinusoidal_features
+from timeaware.embeddings import as_time, make_time_map, sinusoidal_features
 from timeaware.node import ODEFunc
 
 
@@ -28,10 +28,13 @@ def test_concatconv_matches_torchdiffeq_example_semantics():
     torch.testing.assert_close(layer(t, x), ref)
 
 
-@pytest.mark.parametrize("t", [0.5, torch.tensor(0.5), torch.tensor([0.5, 0.5])])
-def test_time_accepts_float_0d_and_per_sample(t):
-    x = torch.randn(2, 3)
-    assert as_time(t, 2, x).shape == (2,)
+@pytest.mark.parametrize(("t", "want"), [(0.1, [0.1, 0.1]), (torch.tensor(0.1, dtype=torch.float64), [0.1, 0.1]),
+                                         (torch.tensor([0.1, 0.7], dtype=torch.float64), [0.1, 0.7])])
+def test_time_is_broadcast_or_kept_per_sample_in_the_inputs_dtype(t, want):
+    x = torch.randn(2, 3, dtype=torch.float64)
+    got = as_time(t, 2, x)
+    assert got.dtype == torch.float64 and got.tolist() == want  # exact: a float never rounds through float32
+    assert as_time(t, 2, x.float()).tolist() == torch.tensor(want, dtype=torch.float32).tolist()
 
 
 def test_time_rejects_bad_shapes_and_non_finite():
@@ -82,15 +85,41 @@ def test_batchnorm_cancels_per_channel_offset_and_positional_map_survives():
     assert (bn(mapped(x, 0.1)) - bn(mapped(x, 0.9))).abs().max() > 1e-2
 
 
-def test_time_maps_are_shared_by_channels_and_vary_over_space():
+def test_linear_time_map_is_t_times_one_learned_map():
     t = torch.tensor([0.0, 2.0])
     lin = LinearTimeMap((4, 5))
     out = lin(t)
     assert out.shape == (2, 1, 4, 5) and torch.count_nonzero(out[0]) == 0
     torch.testing.assert_close(out[1], 2 * lin.weight[None])
-    mlp = MLPTimeMap((4, 5), TimeAware())
-    assert mlp(t).shape == (2, 1, 4, 5) and mlp(t)[1].std() > 0
-    assert torch.count_nonzero(MLPTimeMap((4, 5), TimeAware(), zero_init=True)(t)) == 0
+
+
+@pytest.mark.parametrize("positional", ["linear", "mlp"])
+def test_the_positional_map_adds_one_map_to_every_channel_that_varies_over_space_and_t(positional):
+    layer = TimeConv2d(2, 3, config=TimeAware(positional=positional), size=(4, 5)).double()
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.9], dtype=torch.float64)
+    added = layer(x, t) - layer.conv(x) - layer.offset(t[:, None])[:, :, None, None]
+    torch.testing.assert_close(added, added[:, :1].expand_as(added), rtol=0, atol=1e-12)  # shared by channels
+    assert added[:, 0].flatten(1).std(1).amin() > 1e-3  # not constant over space (a norm would cancel that)
+    assert (added[0] - added[1]).abs().amax() > 1e-3  # it moves with t
+
+
+def test_zero_init_mlp_map_starts_at_zero_and_can_learn():
+    mlp = MLPTimeMap((4, 5), TimeAware(), zero_init=True)
+    t = torch.tensor([0.0, 2.0])
+    assert torch.count_nonzero(mlp(t)) == 0
+    mlp(t).pow(2).add(mlp(t)).sum().backward()
+    assert mlp.net[-1].weight.grad.abs().amax() > 0  # output-preserving, not a dead branch: it gets gradients
+
+
+@pytest.mark.parametrize("form", ["linear", "mlp"])
+def test_make_time_map_zero_init_starts_either_form_at_zero(form):
+    # the factory once took form-specific **kwargs typed as float: zero_init only worked for "mlp"
+    t = torch.tensor([0.3, 2.0])
+    fresh = make_time_map(TimeAware(positional=form), (4, 5), zero_init=True)
+    assert fresh is not None and torch.count_nonzero(fresh(t)) == 0
+    trained = make_time_map(TimeAware(positional=form), (4, 5))
+    assert trained is not None and trained(t)[1].std() > 0
 
 
 def test_positional_map_size_mismatch_is_a_clear_error():
@@ -99,20 +128,36 @@ def test_positional_map_size_mismatch_is_a_clear_error():
         layer(torch.randn(1, 2, 5, 5), 0.5)
 
 
-def test_scale_shift_starts_near_identity_and_depends_on_embedding():
-    ss = ScaleShift(3, 8, TimeAware())
-    h, emb = torch.randn(2, 3, 4, 4), torch.randn(2, 8)
-    out = ss(h, emb)
-    assert out.shape == h.shape and not torch.allclose(out[0], out[1] * 0 + out[0] + 1)
+def test_scale_shift_is_a_per_channel_affine_map_chosen_by_the_embedding():
+    ss = ScaleShift(3, 8, TimeAware()).double()
+    h1, h2 = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64)
+    emb = torch.randn(2, 8, dtype=torch.float64)
+    # affine in h with one gain per (sample, channel): the slope is the same at every pixel
+    slope = (ss(h1, emb) - ss(h2, emb)) / (h1 - h2)
+    torch.testing.assert_close(slope, slope[..., :1, :1].expand_as(slope), rtol=1e-9, atol=1e-9)
+    intercept = ss(h1, emb) - slope * h1
+    torch.testing.assert_close(intercept, intercept[..., :1, :1].expand_as(intercept), rtol=1e-9, atol=1e-9)
+    # chosen by the embedding: the same features with another sample's embedding get another gain and shift
+    assert (slope[0] - slope[1]).abs().amin() > 1e-6 and (intercept[0] - intercept[1]).abs().amin() > 1e-6
+    with torch.no_grad():  # a zero projection is the identity (h·(1 + 0) + 0)
+        ss.proj[-1].weight.zero_()
+        ss.proj[-1].bias.zero_()
+    assert torch.equal(ss(h1, emb), h1)
 
 
-@pytest.mark.parametrize(("norm", "cls"), [("batch", nn.BatchNorm2d), ("instance", nn.InstanceNorm2d),
-                                           ("group", nn.GroupNorm), ("layer", nn.GroupNorm), ("none", nn.Identity)])
-def test_norm_factory(norm, cls):
-    m = make_norm(TimeAware(norm=norm, groups=2), 4)
-    assert isinstance(m, cls)
-    if norm == "layer":
-        assert m.num_groups == 1
+@pytest.mark.parametrize(("norm", "unit"), [
+    ("batch", lambda y: y.transpose(0, 1).reshape(4, -1)),      # per channel, over the batch and pixels
+    ("instance", lambda y: y.reshape(3 * 4, -1)),               # per sample and channel
+    ("group", lambda y: y.reshape(3 * 2, -1)),                  # per sample and group of 2 channels
+    ("layer", lambda y: y.reshape(3, -1)),                      # per sample, over all channels and pixels
+])
+def test_norm_factory_normalises_over_the_named_unit(norm, unit):
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64) * 3 + torch.randn(3, 4, 1, 1, dtype=torch.float64)
+    y = unit(make_norm(TimeAware(norm=norm, groups=2), 4).double().train()(x))
+    torch.testing.assert_close(y.mean(1), torch.zeros(len(y), dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(len(y), dtype=torch.float64), rtol=1e-3, atol=0)
+    x = torch.randn(3, 4, 5, 5)
+    assert make_norm(TimeAware(norm="none"), 4)(x) is x
 
 
 def test_ode_func_both_time_inputs_run_and_depend_on_t():

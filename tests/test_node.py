@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from timeaware.config import TimeAware
@@ -104,8 +106,23 @@ def test_bad_solver_options_are_one_line_value_errors():
         SolverOptions(rtol=-1)
 
 
-def test_classifier_state_is_a_quarter_of_the_image_and_logits_have_classes():
-    model = NodeClassifier(3, 7, (16, 16), channels=8, config=TimeAware(groups=4, positional="linear"))
-    assert model.initial_state(torch.rand(2, 3, 16, 16)).shape == (2, 8, 4, 4)
-    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 7)
-    assert model.stats.nfe_forward > 0
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(height=st.integers(5, 20), width=st.integers(5, 20))
+def test_the_positional_map_fits_the_ode_state_at_any_image_size(height, width):
+    """Two stride-2 convs (kernel 3, padding 1) leave ⌈H/4⌉ × ⌈W/4⌉; the map t·P must be built at that size."""
+    model = NodeClassifier(1, 3, (height, width), channels=2, config=SMOOTH.replace(positional="linear"),
+                           solver=SolverOptions(method="euler", options={"step_size": 1.0}, adjoint=False))
+    images = torch.rand(1, 1, height, width)
+    assert model.initial_state(images).shape[-2:] == (-(-height // 4), -(-width // 4))
+    assert model(images).shape == (1, 3)  # the map was added to the state: its size matched
+
+
+def test_classifier_normalises_images_with_its_mean_and_std():
+    mean, std = [0.2, 0.5, 0.4], [0.3, 0.1, 0.2]
+    model = NodeClassifier(3, 7, (8, 8), channels=4, config=SMOOTH, mean=mean, std=std).eval()
+    plain = NodeClassifier(3, 7, (8, 8), channels=4, config=SMOOTH).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k not in ("mean", "std")}, strict=False)
+    images = torch.rand(2, 3, 8, 8)
+    normalised = (images - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(model(images), plain(normalised))
+    assert (model(images) - plain(images)).abs().amax() > 1e-3

@@ -103,7 +103,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes_b
         train_classifier(_cfg(), tmp_path, progress=False)
     monkeypatch.setattr(timeaware.training.checkpoint, "save_tensors", real)
     assert latest_checkpoint(tmp_path).name == "step-00000001" and _loadable(tmp_path) == 1
-    assert (tmp_path / "checkpoints" / ".step-00000002.partial").is_dir()  # the torn one, never pointed to
+    assert not (tmp_path / "checkpoints" / ".step-00000002.partial").exists()  # the torn one, removed on the error
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # epoch 2 logged, not checkpointed
     train_classifier(_cfg(), tmp_path, resume="latest", progress=False)
     _assert_same(_final_state(tmp_path), straight)

@@ -65,4 +65,4 @@ def test_diffusers_unet_audit_with_integer_timesteps() -> None:
     first = "down_blocks.0.resnets.0.norm2"
     assert all(f"{s.norm}" in names for s in find_vanishing_sites(unet))
     assert names[first].verdict == "vanished"  # its input's only time is the per-channel temb
-    assert report.output_dt is None and report.settings["call"] == "xt"
+    assert report.output_dt is None and report.settings["call"] == "model(x, t)"

@@ -1,15 +1,22 @@
 """``timeaware`` command line: one dispatcher; each command lives beside the code it drives.
 
 Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. User errors
-(``ValueError``, ``FileNotFoundError``) print one line and exit with code 2, never a traceback.
+(``ValueError``, ``TypeError`` from checked arguments, any ``OSError``: a full disk, a read-only file system, a
+name too long ...) print one line and exit with code 2, never a traceback. Output paths are checked here,
+before a command starts (``timeaware.paths.check_output``); training checks its run folder itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from typing import NoReturn
+
+from .paths import Kind, check_output, describe_os_error
+from .resources import memory_check_disabled
 
 # command -> module, or {subcommand: module}; modules import heavy dependencies inside run().
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -22,9 +29,14 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "time-use": "timeaware.experiments.time_use",
 }
 
+# command -> (argument, kind) of the path it writes, checked before the command runs
+OUTPUTS: dict[str, tuple[str, Kind]] = {"audit": ("plot", "file"), "sample": ("out", "folder"),
+                                        "evaluate": ("out", "file"), "fix": ("out", "folder"),
+                                        "reproduce": ("out", "folder")}
+
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2
+    def error(self, message: str) -> NoReturn:  # one line, exit code 2
         raise SystemExit(_fail(f"{self.prog}: {message}"))
 
 
@@ -45,6 +57,8 @@ def _add(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
     parser = sub.add_parser(name, help=doc[0] if doc else None, description=module.__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="skip the check that the job fits in free memory (for people who know better)")
     parser.set_defaults(run=module.run)
 
 
@@ -67,8 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         return _fail(f"'{args.command}' has nothing to run yet")
     try:
-        return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        if args.command in OUTPUTS:
+            name, kind = OUTPUTS[args.command]
+            if getattr(args, name, None) is not None:
+                check_output(getattr(args, name), kind, flag=f"--{name}")
+        with memory_check_disabled() if args.no_memory_check else contextlib.nullcontext():
+            return int(args.run(args) or 0)
+    except OSError as err:
+        return _fail(describe_os_error(err))
+    except (ValueError, TypeError) as err:
         return _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
     except KeyboardInterrupt:
         return _fail("interrupted")

@@ -29,6 +29,12 @@ def check_positive(field: str, value: object) -> None:
         raise ValueError(f"{field}={value!r} is not allowed; it must be a positive integer")
 
 
+def check_nonnegative(field: str, value: object) -> None:
+    """Raise a one-line ValueError unless ``value`` is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{field}={value!r} is not allowed; it must be a finite number >= 0")
+
+
 @dataclass(frozen=True)
 class TimeAware:
     """How time enters a block and what normalizes it afterwards.
@@ -40,6 +46,7 @@ class TimeAware:
     time_bias     bias init of the timestep branch: default (fix 2) | zero
     injection     add (time added before the norm, the paper's site) | scale_shift (after the norm)
     activation    relu | silu | elu | softplus | sigmoid
+    positional_init  initial std of the linear positional map P (0 starts it at zero)
     """
 
     norm: str = "group"
@@ -49,6 +56,7 @@ class TimeAware:
     time_bias: str = "default"
     injection: str = "add"
     activation: str = "relu"
+    positional_init: float = 0.1
 
     def __post_init__(self) -> None:
         _choice("norm", self.norm, NORMS)
@@ -58,6 +66,7 @@ class TimeAware:
         _choice("time_bias", self.time_bias, BIAS_INITS)
         _choice("injection", self.injection, INJECTIONS)
         _choice("activation", self.activation, ACTIVATIONS)
+        check_nonnegative("positional_init", self.positional_init)
 
     def replace(self, **changes: Any) -> TimeAware:
         """A copy with some fields changed (validated like the original)."""

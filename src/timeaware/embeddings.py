@@ -12,11 +12,89 @@ Two kinds, which is the paper's whole point:
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from .config import TimeAware, check_positive
+
+TIME_KINDS = ("steps", "continuous", "sigma")
+
+
+@dataclass(frozen=True)
+class TimeDomain:
+    """Where a model's t lives, and so how t is scaled before a positional map sees it.
+
+    kind   "steps": integer diffusion steps low..high (DDPM: 0..999); "continuous": an interval [low, high]
+           (an ODE's [0, t1], flow matching's [0, 1]); "sigma": a noise level σ in [low, high] (EDM, NCSN++),
+           spread on a log scale.
+    ``unit(t)`` is O(1) over the domain (the linear map's input, t·P); ``phase(t)`` spans ~1000 over it
+    (the sinusoidal features' input, as DDPM's integer steps), so one positional map suits every domain.
+    """
+
+    kind: str = "continuous"
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TIME_KINDS:
+            raise ValueError(f"time domain {self.kind!r} is not allowed; choose one of {', '.join(TIME_KINDS)}")
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"time domain {name}={value!r} is not allowed; it must be a finite number")
+        if not self.low < self.high:
+            raise ValueError(f"time domain [{self.low}, {self.high}] is not allowed; it needs low < high")
+        if self.kind == "steps" and (self.low != int(self.low) or self.high != int(self.high) or self.low < 0):
+            raise ValueError(f"steps {self.low}..{self.high} are not allowed; give non-negative integers")
+        if self.kind == "sigma" and self.low <= 0:
+            raise ValueError(f"sigma range [{self.low}, {self.high}] is not allowed; noise levels must be > 0")
+
+    def grid(self, k: int) -> torch.Tensor:
+        """K timesteps spread over the domain: integer steps, evenly spaced t, or log-spaced σ."""
+        check_positive("K", k)
+        if self.kind == "sigma":
+            return torch.logspace(math.log10(self.low), math.log10(self.high), k, dtype=torch.float64).float()
+        if self.kind == "continuous":
+            return torch.linspace(self.low, self.high, k)
+        steps = torch.linspace(self.low, self.high, k, dtype=torch.float64).round().long()
+        if steps.unique().numel() < k:
+            raise ValueError(f"steps {int(self.low)}..{int(self.high)} hold fewer than K={k} integers; widen the "
+                             "range, lower K, or use a continuous domain")
+        return steps
+
+    def unit(self, t: torch.Tensor) -> torch.Tensor:
+        """t on an O(1) scale: steps / (T), t itself, or EDM's c_noise = ln(σ)/4."""
+        t = t if t.is_floating_point() else t.float()
+        if self.kind == "steps":
+            return t / (self.high + 1)
+        return torch.log(t) / 4 if self.kind == "sigma" else t
+
+    def phase(self, t: torch.Tensor) -> torch.Tensor:
+        """t on DDPM's step scale (~1000 over the domain), for sinusoidal features."""
+        t = t if t.is_floating_point() else t.float()
+        if self.kind == "steps":
+            return t
+        if self.kind == "sigma":
+            return torch.log(t) * 250
+        return t * (1000.0 / (self.high - self.low))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TimeDomain:
+        if not isinstance(data, dict) or set(data) - {"kind", "low", "high"}:
+            raise ValueError(f"time domain {data!r} is not allowed; give {{kind, low, high}}")
+        return cls(**data)
+
+
+DDPM_STEPS = TimeDomain("steps", 0, 999)
+UNIT_INTERVAL = TimeDomain("continuous", 0.0, 1.0)
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def as_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -50,7 +128,7 @@ def sinusoidal_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) 
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(t.dtype if t.is_floating_point() else torch.float32)
 
 
-def init_bias_(module: nn.Module, policy: str) -> nn.Module:
+def init_bias_(module: M, policy: str) -> M:
     """Apply a bias-init policy to every bias in ``module``: "zero" zeroes them, "default" keeps PyTorch's.
 
     Fix 2 of the paper names two policies, one per branch: zero on the operand convs, default
@@ -69,75 +147,87 @@ def init_bias_(module: nn.Module, policy: str) -> nn.Module:
 class TimestepMLP(nn.Module):
     """DDPM's timestep embedding: sinusoidal features → Linear → act → Linear.
 
-    ``t_scale`` multiplies t before the features, so that t in [0, 1] (an ODE) uses the same
+    t enters on DDPM's step scale (``TimeDomain.phase``), so an ODE's t in [0, 1] uses the same
     frequencies as integer diffusion steps in [0, 1000).
     """
 
-    def __init__(self, features: int, out_dim: int, config: TimeAware, t_scale: float = 1.0) -> None:
+    def __init__(self, features: int, out_dim: int, config: TimeAware, domain: TimeDomain = DDPM_STEPS) -> None:
         super().__init__()
         check_positive("out_dim", out_dim)
-        self.features, self.t_scale = features, t_scale
+        self.features, self.domain = features, domain
         self.net = nn.Sequential(nn.Linear(features, out_dim), make_activation(config.activation),
                                  nn.Linear(out_dim, out_dim))
         init_bias_(self.net, config.time_bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.net(sinusoidal_features(t * self.t_scale, self.features))
+        return self.net(sinusoidal_features(self.domain.phase(t), self.features))
 
 
 class LinearTimeMap(nn.Module):
-    """Positional timestep embedding, linear form: p(t) = t·P with a learned H×W map P shared by all channels.
+    """Positional timestep embedding, linear form: p(t) = u(t)·P with a learned map P shared by all channels.
 
-    ``init_std`` = 0 starts from an unchanged network (for fine-tuning a trained model).
+    P has the feature map's spatial shape (H×W, or L for 1-D models); u(t) is t on an O(1) scale
+    (``TimeDomain.unit``). ``init_std`` = 0 starts from an unchanged network (for fine-tuning).
     """
 
-    def __init__(self, size: tuple[int, int], init_std: float = 0.1) -> None:
+    def __init__(self, size: tuple[int, ...], init_std: float = 0.1, domain: TimeDomain = UNIT_INTERVAL) -> None:
         super().__init__()
-        h, w = _check_size(size)
-        self.weight = nn.Parameter(torch.randn(h, w) * init_std)
+        self.size, self.domain = _check_size(size), domain
+        self.weight = nn.Parameter(torch.randn(self.size) * init_std)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return t[:, None, None, None] * self.weight
+        u = self.domain.unit(t).to(self.weight.dtype)
+        return u.view(-1, 1, *([1] * len(self.size))) * self.weight
 
 
 class MLPTimeMap(nn.Module):
-    """Positional timestep embedding, MLP form: sinusoidal(t) → Linear → act → Linear → H×W map.
+    """Positional timestep embedding, MLP form: sinusoidal(t) → Linear → act → Linear → spatial map.
 
-    The paper's parallel branch next to the usual per-channel embedding (its Figure 5).
-    ``sinusoidal=False`` takes an existing timestep embedding (B, features) instead of t, as a block
-    of a diffusers U-Net receives it. ``zero_init`` zeroes the last layer so the map starts at 0
-    (output-preserving, for fine-tuning a trained model).
+    The paper's parallel branch next to the usual per-channel embedding (its Figure 5); t enters on
+    DDPM's step scale (``TimeDomain.phase``). ``sinusoidal=False`` takes an existing timestep embedding
+    (B, features) instead of t, as a block that receives a time embedding. ``zero_init`` zeroes the
+    last layer so the map starts at 0 (output-preserving, for fine-tuning a trained model).
     """
 
-    def __init__(self, size: tuple[int, int], config: TimeAware, features: int = 64, hidden: int = 64,
-                 t_scale: float = 1.0, zero_init: bool = False, sinusoidal: bool = True) -> None:
+    def __init__(self, size: tuple[int, ...], config: TimeAware, features: int = 64, hidden: int = 64,
+                 domain: TimeDomain = DDPM_STEPS, zero_init: bool = False, sinusoidal: bool = True) -> None:
         super().__init__()
         self.size = _check_size(size)
         check_positive("hidden", hidden)
-        self.features, self.t_scale, self.sinusoidal = features, t_scale, sinusoidal
-        act = config.activation
+        self.features, self.domain, self.sinusoidal = features, domain, sinusoidal
+        act, out = config.activation, nn.Linear(hidden, math.prod(self.size))
         self.net = nn.Sequential(*([] if sinusoidal else [make_activation(act)]), nn.Linear(features, hidden),
-                                 make_activation(act), nn.Linear(hidden, self.size[0] * self.size[1]))
+                                 make_activation(act), out)
         init_bias_(self.net, config.time_bias)
         if zero_init:
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        x = sinusoidal_features(t * self.t_scale, self.features) if self.sinusoidal else t
+        x = sinusoidal_features(self.domain.phase(t), self.features) if self.sinusoidal else t
         return self.net(x).view(-1, 1, *self.size)
 
 
-def make_time_map(config: TimeAware, size: tuple[int, int] | None, t_scale: float = 1.0,
-                  **kwargs: float) -> nn.Module | None:
-    """The positional timestep embedding ``config.positional`` asks for, or None."""
+def make_time_map(config: TimeAware, size: tuple[int, ...] | None, domain: TimeDomain = UNIT_INTERVAL, *,
+                  zero_init: bool = False, embedding_dim: int | None = None) -> nn.Module | None:
+    """The positional timestep embedding (fix 1) ``config.positional`` asks for, or None: the one factory.
+
+    size           spatial shape of the feature map it is added to (H, W), or (L,) for 1-D models
+    domain         the model's time domain, which scales t for the map
+    zero_init      start at 0, so adding the map leaves the output unchanged (fixing a trained model)
+    embedding_dim  read a timestep embedding of this width instead of t (an MLP map on a block's embedding)
+    The time-branch biases follow ``config.time_bias``; the linear map's initial std is
+    ``config.positional_init``.
+    """
     if config.positional == "none":
         return None
     if size is None:
         raise ValueError(f"positional={config.positional!r} needs the feature map size (H, W)")
-    if config.positional == "linear":
-        return LinearTimeMap(size, **kwargs)
-    return MLPTimeMap(size, config, t_scale=t_scale, **kwargs)
+    if config.positional == "linear" and embedding_dim is None:
+        return LinearTimeMap(size, init_std=0.0 if zero_init else config.positional_init, domain=domain)
+    if embedding_dim is not None:
+        return MLPTimeMap(size, config, features=embedding_dim, zero_init=zero_init, sinusoidal=False)
+    return MLPTimeMap(size, config, domain=domain, zero_init=zero_init)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -148,9 +238,9 @@ def make_activation(name: str) -> nn.Module:
     return table[name]()
 
 
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
-    if len(size) != 2:
-        raise ValueError(f"size={size!r} is not allowed; it must be (H, W)")
+def _check_size(size: tuple[int, ...]) -> tuple[int, ...]:
+    if not 1 <= len(size) <= 3:
+        raise ValueError(f"size={size!r} is not allowed; it must be a spatial shape (L,), (H, W) or (D, H, W)")
     for v in size:
         check_positive("size", v)
-    return int(size[0]), int(size[1])
+    return tuple(int(v) for v in size)

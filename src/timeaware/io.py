@@ -7,12 +7,15 @@ JSON. Nothing is ever unpickled, except through ``torch.load(weights_only=True)`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` then fsync and rename ``tmp_path`` onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +41,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """A temporary folder inside ``out`` whose files move into ``out`` when the block succeeds.
+
+    For outputs of many files (sampled images): a failure halfway (a full disk, an interrupt) leaves
+    ``out`` as it was, and a folder this call created is removed again.
+    """
+    out = Path(out)
+    created = [p for p in [out, *out.parents] if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staged-", dir=out))
+    try:
+        yield stage
+        for file in sorted(stage.iterdir()):
+            os.replace(file, out / file.name)
+        _fsync_dir(out)
+        created = []
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # innermost first; only those still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -64,20 +91,55 @@ def write_json(path: str | Path, value: Any) -> Path:
     return atomic_write_text(path, dumps(value, indent=2) + "\n")
 
 
+MAX_JSON_BYTES = 64 << 20  # metadata, not data: a larger file is a mistake or an attack
+MAX_JSON_DEPTH = 64        # the deepest the project writes is 5; deeper would make readers recurse
+
+
 def read_json(path: str | Path) -> Any:
+    """A JSON metadata file; too large, too deeply nested or malformed gives a one-line ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, too large for a metadata file "
+                         f"(at most {MAX_JSON_BYTES:,})")
+    too_deep = f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err.__class__.__name__}: {err})") from None
+    except RecursionError:
+        raise ValueError(too_deep) from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(too_deep)
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (0 for a scalar), counted without recursion."""
+    depth, level = 0, [value]
+    while True:
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            return depth
+        depth += 1
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Write tensors as safetensors, atomically (contiguous CPU copies; shared storage is fine)."""
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(flat, str(p), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(flat, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # its I/O errors (a full disk) arrive as text: make them an OSError again
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+    return atomic_write(path, write)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

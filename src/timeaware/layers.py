@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from .config import TimeAware, check_positive
-from .embeddings import as_time, init_bias_, make_activation, make_time_map
+from .embeddings import UNIT_INTERVAL, TimeDomain, as_time, init_bias_, make_activation, make_time_map
 
 __all__ = ["ConcatConv2d", "ScaleShift", "TimeConv2d", "init_bias_", "make_activation", "make_norm"]
 
@@ -46,7 +48,8 @@ class ConcatConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, bias: bool = True, padding_mode: str = "zeros") -> None:
+                 padding: int = 1, bias: bool = True,
+                 padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros") -> None:
         super().__init__()
         check_positive("in_channels", in_channels)
         check_positive("out_channels", out_channels)
@@ -69,14 +72,15 @@ class TimeConv2d(nn.Module):
     offset   "linear": e_c(t) = w_c·t + b_c from the raw t (ConcatConv without the edge effect, same scale);
              "embedding": e(t) = Linear(act(emb)) from a timestep embedding (DDPM, needs ``emb_dim``);
              "none": no per-channel offset (used with ``ScaleShift`` after the norm).
-    The positional map p(t) (fix 1) comes from ``config.positional`` and needs ``size`` = (H, W) of
-    the output, or is given as ``time_map``, a module ``t -> (B, 1, H, W)`` that several convs may share
-    (a U-Net's blocks at one resolution). Operand and timestep branches get their own bias policies (fix 2).
+    The positional map p(t) (fix 1) is given as ``time_map``, a module ``t -> (B, 1, H, W)`` that several
+    convs may share (a U-Net's blocks at one resolution), or, when ``size`` = (H, W) of the output is given,
+    built here by the one factory from ``config.positional`` and ``domain``. Operand and timestep branches
+    get their own bias policies (fix 2).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, config: TimeAware,
                  offset: str = "linear", emb_dim: int | None = None, size: tuple[int, int] | None = None,
-                 stride: int = 1, padding: int | None = None, t_scale: float = 1.0,
+                 stride: int = 1, padding: int | None = None, domain: TimeDomain = UNIT_INTERVAL,
                  time_map: nn.Module | None = None) -> None:
         super().__init__()
         check_positive("in_channels", in_channels)
@@ -100,21 +104,17 @@ class TimeConv2d(nn.Module):
         self.offset_kind = offset
         if self.offset is not None:
             init_bias_(self.offset, config.time_bias)
-        if time_map is None:
-            time_map = make_time_map(config, size, t_scale=t_scale)
-            if time_map is not None:
-                init_bias_(time_map, config.time_bias)
+        if time_map is None and size is not None:
+            time_map = make_time_map(config, size, domain)
         self.time_map = time_map
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         y = self.conv(x)
         tb = as_time(t, x.shape[0], x)
-        if self.offset_kind == "linear":
-            y = y + self.offset(tb[:, None])[:, :, None, None]
-        elif self.offset_kind == "embedding":
-            if emb is None:
+        if self.offset is not None:  # "linear" from the raw t, "embedding" from the timestep embedding
+            if self.offset_kind == "embedding" and emb is None:
                 raise ValueError("this TimeConv2d adds a timestep embedding: call it as layer(x, t, emb)")
-            y = y + self.offset(emb)[:, :, None, None]
+            y = y + self.offset(tb[:, None] if self.offset_kind == "linear" else emb)[:, :, None, None]
         if self.time_map is not None:
             p = self.time_map(tb)
             if p.shape[-2:] != y.shape[-2:]:

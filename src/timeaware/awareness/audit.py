@@ -18,54 +18,43 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..calling import ModelCall, as_call, output_tensor
 from .metrics import Moments, survival, verdict
+from .norms import channels_per_unit, select_layers
 from .report import AuditReport, LayerAudit
 
-CALLS = ("xt", "tx")
 BATCHINGS = ("shared", "mixed")
 MODES = ("train", "eval", "keep")
-NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm,
-)
 CallFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 
 
-def channels_per_unit(module: nn.Module) -> int | None:
-    """How many channels share one normalization unit, i.e. how many distinct per-channel offsets it sees.
-
-    1 cancels a per-channel offset exactly; None when it is not a channel normalization we know.
-    """
-    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
-        return 1
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels // module.num_groups
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) >= 3:
-        return int(module.normalized_shape[-3])  # normalizes (C, H, W): one unit holds all C channels
-    return None
-
-
 def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.Tensor, *,
-          call: str | CallFn = "xt", batching: str = "shared", mode: str = "eval",
-          layers: Sequence[str] | None = None, derivative: bool | None = None,
-          chunk_size: int | None = None) -> AuditReport:
+          call: str | ModelCall | CallFn = "xt", extras: dict[str, torch.Tensor] | None = None,
+          batching: str = "shared", mode: str = "eval", layers: Sequence[str] | None = None,
+          only_layers: bool = False, derivative: bool | None = None, chunk_size: int | None = None) -> AuditReport:
     """Measure, per normalization layer, how much of the timestep signal survives it.
 
-    model       any nn.Module; every BatchNorm*, InstanceNorm*, GroupNorm and LayerNorm is hooked,
-                plus the modules named in ``layers`` (names from ``model.named_modules()``)
-    x           (N, ...) inputs, N >= 2; the same N inputs are paired with every timestep
-    timesteps   K >= 2 finite timesteps; floating (an ODE's t) or integer (diffusion steps)
-    call        "xt": ``model(x, t)`` with t of shape (B,); "tx": torchdiffeq's ``model(t, x)``, t a 0-d
-                tensor under shared batching and (B,) under mixed; or ``fn(model, x, t)`` with t (B,)
+    model       any nn.Module; every normalization layer (``norms.is_norm``: torch's and their subclasses,
+                RMSNorm, PixelNorm, adaptive norms …) is hooked, plus the modules ``layers`` names (module
+                names, class names or shell patterns); with ``only_layers`` just those
+    x           (N, ...) inputs of any rank, N >= 2; the same N inputs are paired with every timestep
+    timesteps   K >= 2 finite timesteps; floating (an ODE's t, a noise level) or integer (diffusion steps)
+    call        a ``ModelCall`` (how t is passed: position, keyword, attribute, concatenated, embedding),
+                a convention name ("xt": ``model(x, t)``, "tx": torchdiffeq's ``model(t, x)`` …), or
+                ``fn(model, x, t)`` with t of shape (B,)
+    extras      further inputs, N rows each, paired with x row by row (text embeddings, class labels)
     batching    "shared": one call per t_k with all N inputs (an ODE solve, sampling);
-                "mixed": the N·K pairs shuffled into batches of mixed t (diffusion training)
+                "mixed": the N·K pairs shuffled into batches of mixed t (diffusion training); a model that
+                takes one scalar t per call is then called once per t in each batch
     mode        "train" | "eval" for the audit (restored afterwards) | "keep" the model's own
     derivative  estimate mean |∂output/∂t| with one extra pass; None: only for floating timesteps
     chunk_size  at most this many inputs per call (default N)
+    Non-finite inputs, weights or outputs are errors naming the first place they appear, never "no time".
     """
-    spec = _check(model, x, timesteps, call, batching, mode, layers, derivative, chunk_size)
+    spec = _check(model, x, timesteps, call, extras, batching, mode, derivative, chunk_size)
     n, k = x.shape[0], spec["t"].shape[0]
     batch = chunk_size or n
-    targets = _targets(model, layers)
+    targets = select_layers(model, layers, only=only_layers)
     capture = _Capture(n)
     flags = {m: m.training for m in model.modules()}
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
@@ -75,7 +64,7 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
         if mode != "keep":
             model.train(mode == "train")
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            dt = _run(model, x.to(device), spec, batching, batch, capture, device)
+            dt = _run(model, x.to(device), spec, batching, batch, capture, device, dict(targets))
     finally:
         for handle in handles:
             handle.remove()
@@ -88,7 +77,9 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     modules = dict(targets)
     with torch.no_grad():
         rows = [_layer(key, modules[key.split("#")[0]], *capture.sites[key]) for key in capture.sites]
-        out = capture.output[0]
+        out = capture.output
+        if out is None:
+            raise ValueError("the model was never called, so there is no output to audit")
         settings = {"K": k, "N": n, "batching": batching, "mode": mode, "call": spec["call_name"],
                     "dtype": str(out.dtype).removeprefix("torch."), "chunk_size": batch}
         return AuditReport(layers=rows, output_time_share=out.summary().time_share, output_dt=dt, settings=settings)
@@ -100,8 +91,8 @@ class _Capture:
     def __init__(self, n: int) -> None:
         self.n = n
         self.sites: dict[str, tuple[Moments, Moments]] = {}  # in call order
-        self.staged: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}  # (moments id, k) -> rows so far, count
-        self.output: tuple[Moments] | tuple[()] = ()
+        self.staged: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (moments id, k) -> rows so far, count
+        self.output: Moments | None = None
         self.where: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # per timestep: k, batch rows, n
         self.calls: dict[str, int] = {}
         self.scratch: dict[tuple[Any, ...], torch.Tensor] = {}  # one work buffer per shape, shared by all sites
@@ -124,7 +115,9 @@ class _Capture:
             count = self.calls.get(name, 0)
             self.calls[name] = count + 1
             key = name if count == 0 else f"{name}#{count}"  # a module called twice per pass is two sites
-            if not isinstance(output, torch.Tensor):
+            if isinstance(output, (tuple, list)):  # adaptive norms return (x, gates …): x comes first
+                output = next((v for v in output if isinstance(v, torch.Tensor)), None)
+            if not isinstance(output, torch.Tensor) or not output.is_floating_point():
                 return
             if key not in self.sites:
                 self.sites[key] = (Moments(inp.dtype, False, self.scratch), Moments(output.dtype, True, self.scratch))
@@ -156,15 +149,16 @@ class _Capture:
                 self.staged[(id(moments), k)] = (buf, count)
 
     def keep_output(self, out: torch.Tensor) -> None:
-        if not self.output:
-            self.output = (Moments(out.dtype, True, self.scratch),)
-        self.store(self.output[0], out, "output")
+        if self.output is None:
+            self.output = Moments(out.dtype, True, self.scratch)
+        self.store(self.output, out, "output")
 
 
 def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str, batch: int,
-         capture: _Capture, device: torch.device) -> float | None:
+         capture: _Capture, device: torch.device, hooked: dict[str, nn.Module]) -> float | None:
     """All audited calls, then the derivative pass; returns mean |∂out/∂t| or None."""
     t, fn = spec["t"].to(device), spec["fn"]
+    extras = {name: v.to(device) for name, v in spec["extras"].items()}
     k, n = t.shape[0], x.shape[0]
     if batching == "shared":
         mid = int(torch.argsort(t)[k // 2])  # the median timestep's first batch is repeated at t + h
@@ -172,18 +166,20 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
         pairs = [(torch.full((e - s,), kk), torch.arange(s, e)) for kk, s, e in spans]
         chosen = mid * math.ceil(n / batch)
 
-        def inputs(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # views: no copy of x per call
+        def inputs(i: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:  # views, no copies
             kk, s, e = spans[i]
-            return x[s:e], t[kk].repeat(e - s)
+            return x[s:e], t[kk].repeat(e - s), {name: v[s:e] for name, v in extras.items()}
     else:
         order = torch.randperm(k * n, generator=torch.Generator().manual_seed(0))
         pairs = [(order[s:s + batch] // n, order[s:s + batch] % n) for s in range(0, k * n, batch)]
+        if isinstance(fn, ModelCall) and fn.scalar_time:  # one call per t within each mixed batch
+            pairs = [(k_idx[k_idx == kk], n_idx[k_idx == kk]) for k_idx, n_idx in pairs for kk in k_idx.unique()]
         chosen = 0
 
-        def inputs(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def inputs(i: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
             k_idx, n_idx = pairs[i]
-            return x[n_idx.to(device)], t[k_idx.to(device)]
-    shared = batching == "shared"
+            rows = n_idx.to(device)
+            return x[rows], t[k_idx.to(device)], {name: v[rows] for name, v in extras.items()}
     rng: torch.Tensor | None = None
     base = torch.empty(0)
     version = None if x.is_inference() else x._version  # inference tensors cannot be changed in place anyway
@@ -191,7 +187,10 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
         if i == chosen:
             rng = _rng_state(device)
         capture.start(k_idx, n_idx, device)
-        out = _call(fn, model, *inputs(i), shared)
+        xb, tb, eb = inputs(i)
+        out = _call(fn, model, xb, tb, eb)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(_first_nonfinite(model, fn, xb, tb, eb, hooked))
         if version is not None and x._version != version:
             raise ValueError("the model changed its input x in place (x is now modified); the audit pairs the same "
                              "inputs with every timestep, so the model must leave x unchanged (clone it in forward)")
@@ -201,29 +200,45 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
     capture.where = None
     if not spec["derivative"] or rng is None:
         return None
-    xb, tb = inputs(chosen)
+    xb, tb, eb = inputs(chosen)
     h = math.sqrt(torch.finfo(tb.dtype).eps) * max(1.0, float(tb.abs().max()))
     _set_rng_state(device, rng)  # same dropout masks as the audited pass
-    moved = _call(fn, model, xb, tb + h, shared).detach()
+    moved = _call(fn, model, xb, tb + h, eb).detach()
     if moved.dtype not in (torch.float32, torch.float64):  # half precision: the mean needs float32
         moved, base = moved.float(), base.float()
     return float(torch.sub(moved, base).abs_().mean()) / h  # its rounding is far below the step's own error
 
 
-def _call(fn: CallFn | str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, shared: bool) -> torch.Tensor:
-    if fn == "xt":
-        out = model(x, t)
-    elif fn == "tx":
-        out = model(t[0] if shared else t, x)
-    else:
-        out = fn(model, x, t)  # type: ignore[operator]
-    if isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    out = getattr(out, "sample", out)  # diffusers' UNet2DOutput
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the model returned {type(out).__name__}; the audit needs a tensor, a tuple starting "
-                         "with one, or an object with a .sample tensor")
-    return out
+def _call(fn: ModelCall | CallFn, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+          extras: dict[str, torch.Tensor]) -> torch.Tensor:
+    if isinstance(fn, ModelCall):
+        return fn.invoke(model, x, t, extras)
+    return output_tensor(fn(model, x, t))
+
+
+def _first_nonfinite(model: nn.Module, fn: ModelCall | CallFn, x: torch.Tensor, t: torch.Tensor,
+                     extras: dict[str, torch.Tensor], hooked: dict[str, nn.Module]) -> str:
+    """Name the first module (in execution order) whose output holds NaN or inf, by re-running one call."""
+    found: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def check(_m: nn.Module, _args: Any, out: Any) -> None:
+            tensors = out if isinstance(out, (tuple, list)) else [out]
+            if not found and any(isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+                                 for v in tensors):
+                found.append(name)
+        return check
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        _call(fn, model, x, t, extras)
+    finally:
+        for h in handles:
+            h.remove()
+    where = f"first in {found[0]} ({type(model.get_submodule(found[0])).__name__})" if found else "in its output"
+    sample = t[:4].tolist()
+    return (f"the model produced NaN or inf {where} at t = {sample}; the audit needs finite activations "
+            "(check the time domain, e.g. --t-range, and the weights)")
 
 
 def _layer(key: str, module: nn.Module, inp: Moments, out: Moments) -> LayerAudit:
@@ -233,11 +248,6 @@ def _layer(key: str, module: nn.Module, inp: Moments, out: Moments) -> LayerAudi
     return LayerAudit(name=key, type=type(module).__name__, survival=s, interior_survival=inside,
                       time_share=s_out.time_share, snr_in=s_in.snr, snr_out=s_out.snr,
                       channels_per_unit=channels_per_unit(module), verdict=verdict(s, inside))
-
-
-def _targets(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
-    wanted = set(layers or ())
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, NORM_TYPES) or name in wanted]
 
 
 def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
@@ -261,17 +271,32 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
-def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, batching: Any, mode: Any,
-           layers: Sequence[str] | None, derivative: bool | None, chunk_size: Any) -> dict[str, Any]:
+def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, batching: Any, mode: Any,
+           derivative: bool | None, chunk_size: Any) -> dict[str, Any]:
     """Validate the arguments; one-line ValueErrors naming the bad value and what is allowed."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model is a {type(model).__name__}; allowed: a torch.nn.Module")
+        raise TypeError(f"model is a {type(model).__name__}; allowed: a torch.nn.Module")
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x is a {type(x).__name__}; allowed: a tensor of N >= 2 inputs, shape (N, ...)")
+        raise TypeError(f"x is a {type(x).__name__}; allowed: a tensor of N >= 2 inputs, shape (N, ...)")
     if x.ndim < 1 or x.shape[0] < 2:
         raise ValueError(f"x has shape {tuple(x.shape)}; allowed: (N, ...) with N >= 2 (the audit compares inputs)")
-    if not (callable(call) or call in CALLS):
-        raise ValueError(f"call={call!r} is not allowed; choose one of {', '.join(CALLS)} or a callable")
+    if not x.is_floating_point():
+        raise TypeError(f"x has dtype {x.dtype}; allowed: a floating tensor (the model's dtype, {_dtype(model, x)})")
+    if not bool(torch.isfinite(x).all()):
+        first = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"x holds NaN or inf (first in input {first}); the audit needs finite inputs")
+    extras = dict(extras or {})
+    for name, value in extras.items():
+        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != x.shape[0]:
+            raise ValueError(f"extra input {name!r} must be a tensor with one row per input ({x.shape[0]})")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"extra input {name!r} holds NaN or inf; the audit needs finite inputs")
+    for name, value in (*model.named_parameters(), *model.named_buffers()):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"the model's {name} holds NaN or inf; the audit needs finite weights")
+    if not (callable(call) or isinstance(call, (str, ModelCall))):
+        raise ValueError(f"call={call!r} is not allowed; give a ModelCall, a convention name or a callable")
+    fn = call if callable(call) and not isinstance(call, ModelCall) else as_call(call)
     if batching not in BATCHINGS:
         raise ValueError(f"batching={batching!r} is not allowed; choose one of {', '.join(BATCHINGS)}")
     if mode not in MODES:
@@ -295,11 +320,7 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, batching: Any, m
         t = t.long()
     if derivative and not t.is_floating_point():
         raise ValueError("derivative=True needs floating timesteps; integer (diffusion) steps have no d/dt")
-    names = {name for name, _ in model.named_modules()}
-    missing = sorted(set(layers or ()) - names)
-    if missing:
-        sample = ", ".join(sorted(n for n in names if n)[:8])
-        raise ValueError(f"layer {missing[0]!r} is not in the model; allowed: module names such as {sample}")
-    return {"t": t, "fn": call, "call_name": call if isinstance(call, str) else getattr(call, "__name__", "callable"),
+    name = fn.name if isinstance(fn, ModelCall) else getattr(fn, "__name__", "callable")
+    return {"t": t, "fn": fn, "call_name": name, "extras": extras,
             "derivative": t.is_floating_point() if derivative is None else derivative}
 

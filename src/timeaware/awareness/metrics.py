@@ -47,19 +47,17 @@ class Summary:
 class Moments:
     """Running sums of one captured site, fed the N inputs of one timestep per ``add``, timesteps in any order.
 
-    Each variance is computed from values of its own size, so it is exactly 0 when nothing varies:
+    With Y the (N, U) values of one call and k the number of calls so far, each call adds, per unit:
 
-    * over inputs, per timestep: f = Y[k, n] - Y[k, 0], N·Var_n Y = Σ_n f² - (Σ_n f)² / N per unit;
-    * over timesteps, per input and unit: Welford's update of the running mean M over k,
-      δ = Y[k, n] - M, M += δ / k, Σ_k (Y - mean_k Y)² += (k - 1) / k · δ², and the same for the
-      mean over n (its δ is the mean over n of δ), which η² needs.
+    * the sample term  N·Var_n Y = Σ_n f² − (Σ_n f)² / N,  f = Y[n] − Y[0]  (0 exactly where the inputs agree);
+    * the time term    (k − 1)/k · Σ_n δ²,  δ = Y − M,  then M += δ / k  (Welford's running mean M over the
+      calls, N × U, from M = Y at the first call), so that the time terms add up to Σ_{k,n} (Y − mean_k Y)²;
+    * for η² (``share``): S += N·Var_n Y and B += (k − 1)/k · (mean_n δ)², so that at the end S / (K·N) is
+      E_k[Var_n Y] and B / K is Var_k(mean_n Y), per unit.
 
-    Per-unit terms are pooled as soon as nothing else needs them (sums over the units and over the
-    1-pixel border of a map, in the compute dtype, accumulated in float64 in ``summary``): the time
-    term of every call, and the sample term of a layer input; an output keeps its sample term per
-    unit, which η² needs. So the state that outlives a call is M (N × U) plus, for outputs, two
-    per-unit sums: fresh memory costs page faults, which on a VM cost more than pooling each call.
-    Work buffers come from a scratch pool shared by all sites of an audit.
+    The time and sample terms are summed over all units and over the 1-pixel border of a (C, H, W)
+    map as soon as they are made (sums in the compute dtype, four numbers per call); ``summary``
+    adds the calls up in float64. So what outlives a call is M, plus S and B for an output.
     """
 
     def __init__(self, dtype: torch.dtype, share: bool = True,
@@ -68,56 +66,59 @@ class Moments:
         self.compute = (dtype if dtype in (torch.float32, torch.float64) else
                         torch.float32 if dtype.is_floating_point else torch.float64)
         self.share = share  # keep what η² needs (False for layer inputs)
-        self.scratch = {} if scratch is None else scratch
+        self.scratch = {} if scratch is None else scratch  # work buffers, shared by all sites of an audit
         self.k = 0
         self.shape: tuple[int, ...] = ()
+        self.sums: list[torch.Tensor] = []  # per call: the time and sample terms over all units[, over the border]
 
     def add(self, y: torch.Tensor) -> None:
         """One timestep: ``y`` holds the N inputs, shape (N, ...), the same (N, ...) at every call."""
         if self.k == 0:  # units in memory order (a view, not a copy, for channels-last maps too)
-            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride(i))]
-        d = y.detach().permute(self.order).reshape(y.shape[0], -1)
-        if d.dtype != self.compute:
-            d = d.to(self.compute)
-        n, units = d.shape
+            self.order = [0, *sorted(range(1, y.ndim), key=lambda i: -y.stride()[i])]
+        d = y.detach().permute(self.order).reshape(y.shape[0], -1).to(self.compute)
         if self.k == 0:
             self._start(d, tuple(y.shape[1:]))
-        tmp = self._buffer((n, units), d)
-        row = self._buffer((units,), d, "row")  # one per-unit term, pooled right away
-        f = torch.sub(d[1:], d[0], out=tmp[1:])
-        if n == 2 and self.share:  # Σ_n f = f: N·Var_n = f² / 2, kept as f²
-            self.unit[0].addcmul_(f[0], f[0])
+        n = self.n
+        self.k += 1
+        k = self.k
+        work = self._buffer("work", d)
+        time, sample, spare = rows = self._buffer("rows", d, (3, d.shape[1]))
+
+        f = torch.sub(d[1:], d[0], out=work[1:])
+        s = self._sum_rows(f, spare)                                               # Σ_n f
+        torch.addcmul(self._sum_rows(f, time, squares=True), s, s, value=-1.0 / n, out=sample)  # N·Var_n Y
+        if self.share:
+            self.total_sample.add_(sample)
+
+        if k == 1:  # Welford's running mean over the calls starts at Y: no time term yet
+            self.mean = d.clone()  # per input and unit
+            time.zero_()
         else:
-            s = self.ones[1:] @ f if n > 2 else None
-            self._square_sum(f, row)
-            if s is not None:
-                row.addcmul_(s, s, value=-1.0 / n).clamp_min_(0)
-            if self.share:
-                self.unit[0].add_(row)
-            else:
-                self._pool(row, self.pooled[1])
-        if self.k:
-            k = self.k + 1
-            delta = torch.sub(d, self.mean, out=tmp)
+            delta = torch.sub(d, self.mean, out=work)
             self.mean.add_(delta, alpha=1.0 / k)
             if self.share:
-                dh = torch.add(delta[0], delta[1]) if n == 2 else self.ones @ delta
-                self.unit[1].addcmul_(dh, dh, value=(k - 1) / (k * n * n))
-            self._square_sum(delta, row)
-            self._pool(row, self.pooled[0], (k - 1) / k)
-        self.k += 1
+                mean_delta = self._sum_rows(delta, spare)  # N · mean_n δ
+                self.between.addcmul_(mean_delta, mean_delta, value=(k - 1) / (k * n * n))
+            self._sum_rows(delta, time, squares=True)  # Σ_n δ², weighted by (k − 1)/k in summary
+        pair = rows[:2]
+        self.sums.append(pair.sum(1))
+        if self.border is not None:
+            edge = torch.index_select(pair, 1, self.border, out=self._buffer("edge", d, (2, self.border.numel())))
+            self.sums.append(edge.sum(1))
 
     def _start(self, d: torch.Tensor, shape: tuple[int, ...]) -> None:
         self.n, self.shape = d.shape[0], shape
         self.ones = d.new_ones(self.n)
-        self.mean = d.clone()  # per input and unit: the running mean over k
         self.border = self._border(d.device) if len(shape) == 3 and min(shape[1:]) >= 3 else None
-        # pooled over calls, in float64 on the device: Σ_k (k-1)/k Σ_n δ² and Σ_k N·Var_n, over all units and the border
-        self.pooled = torch.zeros(2, 2, dtype=torch.float64, device=d.device)
-        # 1/N for N·Var_n, 1/4 for N = 2 where f² = 2N·Var_n is kept
-        self.sample_scale = 0.25 if self.n == 2 else 1.0 / self.n
-        if self.share:  # per unit: Σ_k N·Var_n (or f²), Σ_k (Y - mean_k Y)² of the mean over n
-            self.unit = d.new_zeros(2, d.shape[1])
+        if self.share:
+            self.total_sample = d.new_zeros(d.shape[1])  # S, per unit
+            self.between = d.new_zeros(d.shape[1])       # B, per unit
+
+    def _sum_rows(self, x: torch.Tensor, out: torch.Tensor, squares: bool = False) -> torch.Tensor:
+        """Σ over the rows of x (of x² with ``squares``, which may overwrite x), per unit: x[0] itself for one row."""
+        if x.shape[0] == 1:
+            return torch.mul(x[0], x[0], out=out) if squares else x[0]
+        return torch.mv((x.square_() if squares else x).T, self.ones[:x.shape[0]], out=out)
 
     def _border(self, device: torch.device) -> torch.Tensor:
         """Positions, in memory order, of the 1-pixel border of the (C, H, W) map; cached per layout."""
@@ -129,27 +130,9 @@ class Moments:
             self.scratch[key] = mask.permute([i - 1 for i in self.order[1:]]).reshape(-1).nonzero().squeeze(1)
         return self.scratch[key]
 
-    def _square_sum(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """out = Σ over the rows of x², per unit; may overwrite x.
-
-        Row loops of ``addcmul_`` for long rows, else one matrix-vector product over the squares (measured:
-        ``Tensor.sum(0)`` over a short leading axis is several times slower than either).
-        """
-        if x.shape[1] >= 32768 or x.shape[0] < 3:
-            torch.mul(x[0], x[0], out=out)
-            for row in x[1:]:
-                out.addcmul_(row, row)
-        else:
-            torch.mv(x.square_().T, self.ones[:x.shape[0]], out=out)
-
-    def _pool(self, row: torch.Tensor, into: torch.Tensor, weight: float = 1.0) -> None:
-        """into += weight · (the row's sum over all units, over the border); on the device, no sync."""
-        into[0].add_(row.sum(), alpha=weight)
-        if self.border is not None:
-            into[1].add_(row.index_select(0, self.border).sum(), alpha=weight)
-
-    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
+    def _buffer(self, tag: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """A work buffer from the shared scratch pool (the sites are folded in one after another)."""
+        shape = tuple(like.shape) if shape is None else shape
         key = (tag, shape, like.dtype, like.device)
         buf = self.scratch.get(key)
         if buf is None:
@@ -158,34 +141,32 @@ class Moments:
 
     def summary(self) -> Summary:
         """SNR, interior SNR (a (C, H, W) map of at least 3×3) and η² (NaN unless ``share``)."""
-        k = self.k
+        k, n = self.k, self.n
         if k < 2:
             raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
-        n = self.n
-        pooled = self.pooled.clone()
-        if self.share:  # an output's sample term stayed per unit
-            self._pool(self.unit[0], pooled[1])
-        (time, time_border), (sample, sample_border) = pooled.tolist()  # one sync
-        scale = self.sample_scale
-        whole = _snr(time / k, sample * scale, k, n)  # Σ_{n,u} Var_k Y, Σ_{k,u} Var_n Y
+        # Σ_{k,n,u} (Y − mean_k Y)² and Σ_{k,n,u} (Y − mean_n Y)², over all units [and over the border]
+        weights = torch.tensor([[(j - 1) / j, 1.0] for j in range(1, k + 1)], dtype=torch.float64)
+        sums = torch.stack(self.sums).double().view(k, -1, 2).mul_(weights.to(self.mean.device)[:, None])
+        (time, sample), *border = sums.sum(0).tolist()  # one sync
+        # E_{n,u}[Var_k Y] / E_{k,u}[Var_n Y] = (time / KNU) / (sample / KNU)
+        whole = _ratio(max(0.0, time), max(0.0, sample))
         inside = math.nan
-        if self.border is not None:
-            inside = _snr((time - time_border) / k, (sample - sample_border) * scale, k, n)
+        if border:
+            (time_border, sample_border), = border
+            inside = _ratio(max(0.0, time - time_border), max(0.0, sample - sample_border))
         eta2 = math.nan
-        if self.share:
-            between = self.unit[1] / k                                           # Var_k of the mean over n
-            total = self.unit[0].mul(self.sample_scale / k).add_(between)    # Var_{k,n}: law of total variance
-            level = self.ones.div(n) @ self.mean
+        if self.share:  # per unit, in float64
+            between = self.between.to(torch.float64, copy=True).div_(k)                   # Var_k(mean_n Y)
+            total = self.total_sample.to(torch.float64, copy=True).div_(k * n).add_(between)  # Var_{k,n} Y
+            level = (self.ones @ self.mean).double().div_(n)                              # mean_{k,n} Y
+            # a unit varies when its variance is above the rounding level of its values in the captured dtype:
+            # total > eps²·(total + level²) + tiny (a 0/1 mask; written with out= as the bool one is slow)
             eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
-            tiny = torch.finfo(self.compute).tiny
-            # a unit varies when its variance is above the rounding level of its values in the captured dtype,
-            # total > eps2·(total + level²) + tiny; sign(relu(·)) is that 0/1 mask without the (slow)
-            # comparison and where kernels
-            varies = torch.addcmul(total, level, level, value=-eps2 / (1 - eps2))
-            varies.sub_(tiny / (1 - eps2)).relu_().sign_()
+            threshold = level.square_().add_(total).mul_(eps2).add_(torch.finfo(self.compute).tiny)
+            varies = torch.gt(total, threshold, out=threshold)
             count = float(varies.sum())
             if count:
-                eta2 = float(torch.dot(between.div_(total.clamp_min_(tiny)), varies)) / count
+                eta2 = float(torch.dot(between.div_(total.clamp_min_(torch.finfo(self.compute).tiny)), varies)) / count
         return Summary(snr=whole, time_share=eta2, interior_snr=inside)
 
 
@@ -198,11 +179,6 @@ def summarize(y: torch.Tensor, share: bool = True) -> Summary:
         moments.add(step)
     return moments.summary()
 
-
-
-def _snr(over_time: float, over_samples: float, k: int, n: int) -> float:
-    """E_{n,u}[Var_k Y] / E_{k,u}[Var_n Y] from Σ_{n,u} Var_k Y and Σ_{k,u} Var_n Y; rounding can leave -1e-17 for 0."""
-    return _ratio(max(0.0, over_time) / n, max(0.0, over_samples) / k)
 
 
 def _ratio(over_time: float, over_samples: float) -> float:

@@ -5,9 +5,10 @@ ANODE's ``Conv2dTime``, a ``TimeConv2d`` with an offset, diffusers' ``ResnetBloc
 ``time_embedding_norm="default"``) paired with the normalization that follows it.
 
 "Follows" is read from module registration order (``named_modules()``): the first normalization
-registered after the injector. That is how most blocks are written (conv, then its norm), but not
-all, so known blocks are paired by their attributes instead: ``ResnetBlock2D`` → ``norm2``,
-``ODEFunc`` → conv1 → norm2, conv2 → norm3 (it registers its norms before its convs).
+registered after the injector. That is how most blocks are written (conv, then its norm; timeaware's
+own modules are registered in the order they run), but not all, so diffusers' ``ResnetBlock2D`` is
+paired by its attributes (``time_emb_proj`` → ``norm2``). A model whose order differs is read right by
+the run-time tracer (``trace.trace_time``), which the audit and ``fix`` use; this check needs no data.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..embeddings import LinearTimeMap, MLPTimeMap
 from ..layers import ConcatConv2d, TimeConv2d
-from .audit import NORM_TYPES, channels_per_unit
+from .norms import channels_per_unit, is_norm
 
 INJECTOR_NAMES = ("ConcatConv2d", "Conv2dTime")  # torchdiffeq's and ANODE's copies, matched by class name
 
@@ -65,9 +67,12 @@ def find_vanishing_sites(model: nn.Module) -> list[Site]:
             inside_known.append(name)
             sites += [_site(model, inj, norm, protected) for inj, norm, protected in pairs]
         elif _is_injector(module):
-            norm = next((n for n, m in named[i + 1:] if isinstance(m, NORM_TYPES) and not _within(n, name)), None)
-            if norm is not None:
-                sites.append(_site(model, name, norm, getattr(module, "time_map", None) is not None))
+            after = [(n, m) for n, m in named[i + 1:] if not _within(n, name)]
+            j = next((j for j, (_, m) in enumerate(after) if is_norm(m)), None)
+            if j is not None:  # protected: the block's own map, or a positional map registered before the norm
+                protected = getattr(module, "time_map", None) is not None or any(
+                    isinstance(m, (LinearTimeMap, MLPTimeMap)) for _, m in after[:j])
+                sites.append(_site(model, name, after[j][0], protected))
     return sites
 
 
@@ -78,14 +83,6 @@ def _known_pairs(name: str, module: nn.Module) -> list[tuple[str, str, bool]] | 
         if getattr(module, "time_emb_proj", None) is None or module.time_embedding_norm != "default":
             return []
         return [(f"{prefix}time_emb_proj", f"{prefix}norm2", False)]
-    if type(module).__name__ == "ODEFunc" and hasattr(module, "conv1") and hasattr(module, "norm2"):
-        pairs = []
-        for conv, norm, tmap in (("conv1", "norm2", "map1"), ("conv2", "norm3", "map2")):
-            layer = getattr(module, conv)
-            protected = getattr(module, tmap, None) is not None or getattr(layer, "time_map", None) is not None
-            if _is_injector(layer) and isinstance(getattr(module, norm), NORM_TYPES):
-                pairs.append((f"{prefix}{conv}", f"{prefix}{norm}", protected))
-        return pairs
     return None
 
 

@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageData
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import load_tensors, save_tensors, write_json
+from ..metadata import CLASSIFIER_INFO, read_checked
 
 METRICS = ("fd-classifier", "fid", "is")
 LABELS = {"fd-classifier": "FD-classifier", "fid": "FID", "is": "IS"}
@@ -79,12 +80,15 @@ def classifier_for(path: str | Path, train: ImageData, test: ImageData,
     info_path = path.with_suffix(".json")
     shape = list(train.x.shape[1:])
     if path.is_file() and info_path.is_file():
-        info = read_json(info_path)
+        info = read_checked(info_path, CLASSIFIER_INFO)
         if info["data"] != train.name or info["image_shape"] != shape:
             raise ValueError(f"{path}: was trained on {info['data']} {info['image_shape']}, not {train.name} {shape}; "
                              "pass another --classifier path")
         model = FeatureClassifier(**info["config"])
-        model.load_state_dict(load_tensors(path))
+        try:
+            model.load_state_dict(load_tensors(path))
+        except RuntimeError as err:
+            raise ValueError(f"{path}: does not match {info_path} ({str(err).splitlines()[0]})") from None
         return model.eval(), info
     model, accuracy = train_classifier(train, test, steps=steps)
     info = {"config": model.config, "data": train.name, "image_shape": shape, "test_accuracy": accuracy,

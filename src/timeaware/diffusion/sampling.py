@@ -13,26 +13,40 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..io import atomic_write
-from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
+from ..io import atomic_write, staged_folder
+from ..resources import FLOAT, check_memory, sampling_bytes
+from ..training import check_int, check_type, find_checkpoint, load_checkpoint, read_checkpoint_state
 from .ddpm import Schedule, make_scheduler, to_image_range
 from .unet import UNet, UNetConfig
 
 
 @torch.no_grad()
-def sample(model: nn.Module, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+def sample(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
            batch_size: int = 256, schedule: Schedule | None = None, progress: bool = False) -> torch.Tensor:
-    """``num`` images in [0, 1], shape (num, C, H, W), from ``model`` with a diffusers ``sampler``."""
-    if num < 1 or steps < 1 or batch_size < 1:
-        raise ValueError(f"num={num}, steps={steps}, batch_size={batch_size}: each must be a positive integer")
+    """``num`` images in [0, 1], shape (num, C, H, W), from ``model`` with a diffusers ``sampler``.
+
+    Checked before anything is drawn: the argument types, the model (a timeaware ``UNet`` in float32 or
+    float64) and the memory that ``num`` images take.
+    """
+    check_type("model", model, UNet)
+    for name, value in (("num", num), ("steps", steps), ("batch_size", batch_size)):
+        check_int(name, value, 1)
+    check_int("seed", seed, 0)
+    check_type("sampler", sampler, str)
     cfg: UNetConfig = model.config
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"sample() needs a float32 or float64 model, not {dtype}; convert it with model.float()")
+    params = sum(p.numel() for p in model.parameters())
+    check_memory(sampling_bytes(params, cfg.size()[1], min(batch_size, num), num,
+                                cfg.in_channels * cfg.image_size**2),
+                 f"sampling {num:,} images of {cfg.in_channels}×{cfg.image_size}×{cfg.image_size}", device)
     scheduler = make_scheduler(sampler, schedule)
     limit = scheduler.config.num_train_timesteps
     if steps > limit:
         raise ValueError(f"steps={steps} is not allowed; the schedule has {limit} timesteps")
-    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -41,7 +55,8 @@ def sample(model: nn.Module, num: int, *, sampler: str = "ddim", steps: int = 50
         for start in range(0, num, batch_size):
             n = min(batch_size, num - start)
             scheduler.set_timesteps(steps)
-            x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator).to(device)
+            x = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator)
+            x = x.to(device, dtype)
             timesteps = scheduler.timesteps
             if progress:
                 from tqdm.auto import tqdm
@@ -62,20 +77,38 @@ def load_model(checkpoint: str | Path, raw: bool = False,
     on ``device`` (default: the GPU when there is one)."""
     from torch.optim.swa_utils import AveragedModel
 
+    device = _device(device)
     path = find_checkpoint(checkpoint)
     meta = read_checkpoint_state(path)
     if "unet" not in meta.get("state", {}):
         raise ValueError(f"{path}: not a DDPM checkpoint (its state.json has no 'unet' config)")
-    model = UNet(UNetConfig.from_dict(meta["state"]["unet"]))
+    cfg = UNetConfig.from_dict(meta["state"]["unet"])
+    params = cfg.size()[0]
+    check_memory(2 * params * FLOAT, f"{path}: a U-Net of about {params:,} parameters (and its EMA)")
+    model = UNet(cfg)
     if raw:
         load_checkpoint(path, modules={"model": model}, restore_rng=False)
     else:
         ema = AveragedModel(model, use_buffers=True)  # holds a copy of ``model``: the weights land in ema.module
         load_checkpoint(path, modules={"ema": ema}, restore_rng=False)
+        assert isinstance(ema.module, UNet)  # a deep copy of ``model``
         model = ema.module
     meta["path"] = str(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), meta
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device (default: the GPU when there is one); a one-line error for a bad or absent one."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_type("device", device, str | torch.device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={str(device)!r} is not a torch device ({str(err).splitlines()[0]})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} is not available here (no CUDA GPU); use device='cpu'")
+    return device
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -105,8 +138,10 @@ def save_png(path: str | Path, image: torch.Tensor) -> Path:
 
 
 def save_images(images: torch.Tensor, out: str | Path, grid_name: str = "grid.png", grid_max: int = 64) -> Path:
-    """PNG per image (``00000.png`` ...) plus a grid of the first ``grid_max``; returns the grid path."""
+    """PNG per image (``00000.png`` ...) plus a grid of the first ``grid_max``, all or none; returns the grid path."""
     out = Path(out)
-    for i, img in enumerate(images):
-        save_png(out / f"{i:05d}.png", img)
-    return save_png(out / grid_name, grid(images[:grid_max]))
+    with staged_folder(out) as stage:
+        for i, img in enumerate(images):
+            save_png(stage / f"{i:05d}.png", img)
+        save_png(stage / grid_name, grid(images[:grid_max]))
+    return out / grid_name

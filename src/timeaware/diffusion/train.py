@@ -8,6 +8,7 @@ so N steps straight and k steps + resume to N give the same bits on the CPU (on 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +19,18 @@ import torch
 from ..config import TimeAware, field_names, parse_setting
 from ..data import SOURCES
 from ..io import write_json
+from ..resources import check_memory, training_bytes
 from ..training import (
     MetricsLog,
     check_finite,
     check_int,
     check_number,
+    check_type,
+    claim_run_folder,
     latest_checkpoint,
     load_checkpoint,
     make_accelerator,
     read_checkpoint_state,
-    resolve_resume,
     rewind_to,
     save_checkpoint,
     seed_everything,
@@ -132,16 +135,25 @@ def train(run_dir: str | Path, unet_cfg: UNetConfig, cfg: TrainConfig, *, resume
     so a resumed distributed run continues exactly too (with the same number of processes).
     Returns a summary whose ``loss`` is the mean over the last 10% of the steps run by this call.
     """
+    check_type("unet_cfg", unet_cfg, UNetConfig)
+    check_type("cfg", cfg, TrainConfig)
+    check_type("run_dir", run_dir, str | os.PathLike)
+    check_type("resume", resume, bool | str | os.PathLike)
+    params, activations = unet_cfg.size()
+    check_memory(training_bytes(params, activations, cfg.batch_size),
+                 f"training a U-Net of about {params:,} parameters with batch_size={cfg.batch_size}")
+    with claim_run_folder(run_dir, resume) as found:  # bad input fails here and in _train, before a process group
+        return _train(Path(run_dir), unet_cfg, cfg, found, progress)
+
+
+def _train(run_dir: Path, unet_cfg: UNetConfig, cfg: TrainConfig, found: Path | None,
+           progress: bool) -> dict[str, Any]:
     from torch.optim.lr_scheduler import LambdaLR
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
 
     from ..data import load_images
 
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--out {run_dir}: exists and is not a folder")
-    found = resolve_resume(run_dir, resume)  # bad input fails here and below, before a process group or a file
     data = load_images(cfg.data, "train", unet_cfg.image_size).subset(cfg.data_limit, seed=cfg.seed)
     if data.x.shape[1] != unet_cfg.in_channels:
         raise ValueError(f"data {data.name} has {data.x.shape[1]} channels but the U-Net expects "

@@ -16,17 +16,19 @@ The default ``UNetConfig()`` is the DDPM CIFAR-10 model (35.7M parameters).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..calling import ModelCall
 from ..config import TimeAware, check_positive
-from ..embeddings import TimestepMLP, as_time, make_activation, make_time_map
+from ..embeddings import DDPM_STEPS, TimestepMLP, as_time, make_activation, make_time_map
 from ..layers import ScaleShift, TimeConv2d, make_norm
-from .ddpm import Schedule
+from ..resources import unet_size
 
 
 def ddpm_time_config() -> TimeAware:
@@ -69,6 +71,11 @@ class UNetConfig:
         for c in {self.channels * m for m in self.channel_mult}:
             self.time.check_channels(c)
 
+    def size(self) -> tuple[int, int]:
+        """(parameters, activation bytes per training sample), estimated without building the model."""
+        widths = [self.channels * m for m in self.channel_mult]
+        return unet_size(widths, self.num_res_blocks, self.image_size, self.in_channels)
+
     @property
     def resolutions(self) -> list[int]:
         return [self.image_size // 2**i for i in range(len(self.channel_mult))]
@@ -103,7 +110,7 @@ class ResBlock(nn.Module):
         super().__init__()
         scale_shift = config.injection == "scale_shift"
         self.norm1, self.act = make_norm(config, in_ch), make_activation(config.activation)
-        self.conv1 = TimeConv2d(in_ch, out_ch, 3, config=config.replace(positional="none"),
+        self.conv1 = TimeConv2d(in_ch, out_ch, 3, config=config,
                                 offset="none" if scale_shift else "embedding", emb_dim=emb_dim, time_map=time_map)
         self.norm2 = make_norm(config, out_ch)
         self.scale_shift = ScaleShift(out_ch, emb_dim, config) if scale_shift else None
@@ -112,7 +119,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         if config.operand_bias == "zero":
             for conv in (self.conv2, self.skip):
-                if isinstance(conv, nn.Conv2d):
+                if isinstance(conv, nn.Conv2d) and conv.bias is not None:
                     nn.init.zeros_(conv.bias)
 
     def operand_convs(self) -> list[nn.Conv2d]:
@@ -155,12 +162,11 @@ class Stage(nn.Module):
 class UNet(nn.Module):
     """ε-prediction U-Net: ``model(x_t, t)`` with t a (B,) tensor of integer or float timesteps."""
 
-    num_train_timesteps = Schedule.num_train_timesteps  # the diffusion steps t it is trained on (the audit's range)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image (the audit's default input shape)."""
-        return self.config.in_channels, self.config.image_size, self.config.image_size
+    def timeaware_call(self) -> ModelCall:
+        """Called ``model(x_t, t)`` on images with integer steps 0..T-1, in eval mode as when sampling."""
+        cfg = self.config
+        return ModelCall(convention="xt", domain=DDPM_STEPS, input_shape=(cfg.in_channels, cfg.image_size,
+                                                                           cfg.image_size))
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
@@ -168,8 +174,8 @@ class UNet(nn.Module):
         tc, ch, emb_dim = cfg.time, cfg.channels, 4 * cfg.channels
         self.time_embed = TimestepMLP(ch, emb_dim, tc)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        self.time_maps = nn.ModuleDict({str(r): make_time_map(tc, (r, r)) for r in cfg.resolutions}
-                                       if tc.positional != "none" else {})
+        self.time_maps = nn.ModuleDict({str(r): m for r in cfg.resolutions
+                                        if (m := make_time_map(tc, (r, r), DDPM_STEPS))})
 
         def res(i: int, o: int, r: int) -> ResBlock:
             return ResBlock(i, o, emb_dim, cfg.dropout, tc, self.time_maps[str(r)] if self.time_maps else None)
@@ -212,7 +218,7 @@ class UNet(nn.Module):
         emb = self.time_embed(t)
         h = self.conv_in(x)
         hs = [h]
-        for stage, down in zip(self.down, self.downsample):
+        for stage, down in zip(cast(Iterable[Stage], self.down), self.downsample):
             for block, attn in zip(stage.blocks, stage.attn):
                 h = attn(block(h, t, emb))
                 hs.append(h)
@@ -221,7 +227,7 @@ class UNet(nn.Module):
                 hs.append(h)
         for block, attn in zip(self.mid.blocks, self.mid.attn):
             h = attn(block(h, t, emb))
-        for stage, up in zip(self.up, self.upsample):
+        for stage, up in zip(cast(Iterable[Stage], self.up), self.upsample):
             for block, attn in zip(stage.blocks, stage.attn):
                 h = attn(block(torch.cat([h, hs.pop()], dim=1), t, emb))
             if not isinstance(up, nn.Identity):

@@ -1,11 +1,25 @@
-"""Reproduce one of the paper's experiments: results.jsonl, table.md and plots in --out."""
+"""Reproduce one of the paper's experiments: results.jsonl, table.md and plots in --out.
+
+Each (setting, seed) is a cell; --executor chooses where cells run: here one by one (default), here
+in --jobs processes, on Slurm (a job array through submitit) or on Ray. Rerun the same command to
+continue: done cells are skipped, the others resume from their checkpoints. --status shows each cell
+(pending, running, done, failed with its error line) and the table so far, and runs nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from .executors import EXECUTORS, make_executor, read_settings
 from .registry import EXPERIMENTS, PRESETS, get_experiment
+from .sweep import Executor, StatusOnly, format_status, status
+
+# command-line flag -> executor setting (each also a key of --executor-config's JSON object)
+FLAGS = {"jobs": "jobs", "cpus_per_cell": "cpus", "gpus_per_cell": "gpus", "partition": "partition",
+         "time": "time_min", "account": "account", "mem_gb": "mem_gb", "array_parallelism": "array_parallelism",
+         "ray_address": "address"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +30,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="dataset: digits (built in), cifar10 (the .npz named by TIMEAWARE_CIFAR10), "
                              "or a path to a .npz")
+    parser.add_argument("--status", action="store_true",
+                        help="show each cell's state and the table so far; run nothing")
+    run = parser.add_argument_group("where the cells run (docs/sweeps.md)")
+    run.add_argument("--executor", default="local", help=f"{' | '.join(EXECUTORS)} (default local)")
+    run.add_argument("--jobs", type=int, default=None, help="local: cells run side by side (default 1)")
+    run.add_argument("--cpus-per-cell", type=int, default=None, help="slurm, ray: CPUs per cell (default 1)")
+    run.add_argument("--gpus-per-cell", type=int, default=None, help="slurm, ray: GPUs per cell (default 0)")
+    run.add_argument("--partition", default=None, help="slurm: partition")
+    run.add_argument("--time", type=int, default=None, help="slurm: time limit per cell in minutes (default 1440)")
+    run.add_argument("--account", default=None, help="slurm: account to charge")
+    run.add_argument("--mem-gb", type=float, default=None, help="slurm: memory per cell in GB")
+    run.add_argument("--array-parallelism", type=int, default=None, help="slurm: most cells running at once")
+    run.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                     help="slurm: any other sbatch option, e.g. --sbatch qos=high (repeatable)")
+    run.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
+    run.add_argument("--ray-address", default=None, help="ray: cluster address (default: start a local one)")
+    run.add_argument("--executor-config", type=Path, default=None,
+                     help="JSON object of executor settings (flags override it), e.g. "
+                          '{"partition": "gpu", "gpus": 1, "time_min": 2880, "sbatch": {"qos": "high"}}')
+
+
+def executor_from(args: argparse.Namespace) -> Executor:
+    """The executor the flags (over ``--executor-config``) ask for."""
+    settings: dict[str, Any] = read_settings(args.executor_config) if args.executor_config else {}
+    settings.update({key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None})
+    if args.sbatch:
+        settings["sbatch"] = {**settings.get("sbatch", {}), **dict(_pair(p) for p in args.sbatch)}
+    if args.no_wait:
+        settings["wait"] = False
+    return make_executor(args.executor, settings)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,5 +69,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds {args.seeds} is not allowed; it must be a positive integer")
     experiment = get_experiment(args.experiment)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
-    print(experiment(args.preset, args.seeds, out, args.data))
+    executor = StatusOnly() if args.status else executor_from(args)
+    table = experiment(args.preset, args.seeds, out, args.data, executor=executor)
+    if args.status:
+        print(format_status(status(out)))
+    print(table)
     return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--sbatch {text!r} is not allowed; write KEY=VALUE, e.g. --sbatch qos=high")
+    return key, value
+

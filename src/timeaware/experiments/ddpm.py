@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import torch
 from ..awareness import audit, survival_after_injection
 from ..diffusion.metrics import Protocol
 from ..io import write_json
-from .store import ResultStore, markdown_table, write_table
+from .store import markdown_table, write_table
+from .sweep import Cell, Executor, run_sweep
 
 ROWS: dict[str, list[str]] = {
     "baseline": [],
@@ -48,61 +50,70 @@ EVAL = {"quick": {"num": 512, "sampler": "ddim", "steps": 50},
 
 def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, overrides: tuple[str, ...] = (),
                evaluation: dict[str, Any] | None = None, progress: bool = True,
-               rows: dict[str, list[str]] | None = None,
+               executor: Executor | None = None, rows: dict[str, list[str]] | None = None,
                extra: Callable[[torch.nn.Module, Any], dict[str, Any]] | None = None) -> str:
-    """Train, sample, score and audit every row × seed into ``out``; returns the table (also table.md).
+    """Train, sample, score and audit every row × seed into ``out`` on ``executor`` (default: here, one by
+    one); returns the table (also table.md).
 
     ``overrides`` are ``--set`` pairs applied to every row; ``evaluation`` changes ``EvalSettings`` fields
     of the preset's protocol (num, sampler, steps, classifier_steps): both are for smaller smoke runs.
     ``rows`` replaces ``ROWS``; ``extra(model, train_config)`` adds fields to each run's record (other sweeps
-    built on this one, e.g. time use).
+    built on this one, e.g. time use); it must pickle like the cells (a module-level function or a partial).
     """
-    from ..diffusion.evaluate import EvalSettings, evaluate
-    from ..diffusion.sampling import grid, load_model, save_png
     from ..diffusion.train import preset as make_preset
-    from ..diffusion.train import train
 
     out = Path(out)
-    store = ResultStore(out / "results.jsonl")
-    inception = os.environ.get("TIMEAWARE_INCEPTION")
-    metrics = ("fid", "is") if preset == "paper" and inception else ("fd-classifier",)
     started = time.perf_counter()
+    cells = []
     for row, changes in (rows or ROWS).items():
         for seed in range(seeds):
-            key = f"{row}/seed{seed}"
             unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
-            config = {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()}
-            if store.done(key, config):
-                continue
             slug = f"{row.strip('+').replace(' ', '-')}-s{seed}"
-            t0 = time.perf_counter()
-            summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
-            t1 = time.perf_counter()
-            model, _ = load_model(out / "runs" / slug)
-            settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=seed,
-                                    data=cfg.data, classifier=out / "classifier.safetensors",
-                                    inception_weights=Path(inception) if inception else None)
-            scores, samples = evaluate(model, settings)
-            save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
-            audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
-            record: dict[str, Any] = {"key": key, "setting": row, "seed": seed, "changes": changes, "config": config,
-                                      "loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
-                                      "scores": scores, "survival": audit.get("survival"),
-                                      **(extra(model, cfg) if extra else {})}
-            for score in scores:
-                record[score["metric"].lower().replace("-", "_")] = score["value"]
-            store.append(record)
-    table = render_table(store.records(), preset, time.perf_counter() - started)
+            cells.append(Cell(f"{row}/seed{seed}", {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()},
+                              partial(train_and_score, unet_cfg, cfg, out, slug, preset, evaluation, progress,
+                                      extra),
+                              {"setting": row, "seed": seed, "changes": changes}))
+    store = run_sweep(out, cells, executor)
+    table = render_table(store.records([c.key for c in cells]), preset, time.perf_counter() - started)
     write_table(out / "table.md", table)
     return table
+
+
+def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
+                    evaluation: dict[str, Any] | None, progress: bool,
+                    extra: Callable[[torch.nn.Module, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One cell: train ``out/runs/slug`` (resuming its latest checkpoint), sample, score, grid and audit it;
+    ``extra(model, cfg)``'s fields join the record."""
+    from ..diffusion.evaluate import EvalSettings, evaluate
+    from ..diffusion.sampling import grid, load_model, save_png
+    from ..diffusion.train import train
+
+    inception = os.environ.get("TIMEAWARE_INCEPTION")
+    metrics = ("fid", "is") if preset == "paper" and inception else ("fd-classifier",)
+    t0 = time.perf_counter()
+    summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
+    t1 = time.perf_counter()
+    model, _ = load_model(out / "runs" / slug)
+    settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=cfg.seed,
+                            data=cfg.data, classifier=out / "classifier.safetensors",
+                            inception_weights=Path(inception) if inception else None)
+    scores, samples = evaluate(model, settings)
+    save_png(out / "grids" / f"{slug}.png", grid(samples[:64]))
+    audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
+    record: dict[str, Any] = {"loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
+                              "scores": scores, "survival": audit.get("survival"),
+                              **(extra(model, cfg) if extra else {})}
+    for score in scores:
+        record[score["metric"].lower().replace("-", "_")] = score["value"]
+    return record
 
 
 def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> str:
     """Mean ± std over seeds, the paper's FID / IS beside ours, and the protocol under the table."""
     metrics = {"fd_classifier": "FD-classifier ↓", "fid": "FID ↓", "is": "IS ↑", "survival": "survival after GN",
                "loss": "loss (last 10% of steps)"}
-    table = markdown_table(records, group="setting", metrics=metrics, order=list(ROWS), paper=PAPER,
-                           title=f"ddpm-fixes ({preset})")
+    table = markdown_table([r for r in records if "error" not in r], group="setting", metrics=metrics,
+                           order=list(ROWS), paper=PAPER, title=f"ddpm-fixes ({preset})")
     protocols = {str(Protocol(**s["protocol"])) for r in records for s in r.get("scores", [])}
     notes = [
         "",
@@ -110,10 +121,11 @@ def render_table(records: list[dict[str, Any]], preset: str, seconds: float) -> 
         "it is **not FID** and is not comparable with the paper's numbers (CIFAR-10, Inception, 1.3M steps).",
         "Paper rows: +Inject = +positional, +Set = +fewer groups (G = 1). scale-shift is not in the paper.",
         "survival: mean over the norms right after a time injection (the audit, one t per call as in sampling).",
-        f"Wall time of this invocation: {seconds:.0f} s (runs already in results.jsonl are not redone).",
+        f"Wall time of this invocation: {seconds:.0f} s (runs already done are not redone).",
         "",
         "Protocols:",
         *(f"- {p}" for p in sorted(protocols)),
+        *(f"\nfailed: {r['key']} ({r['error']})" for r in records if "error" in r),
     ]
     return table + "\n".join(notes) + "\n"
 

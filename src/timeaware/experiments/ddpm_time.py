@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import math
 import statistics
+from functools import partial
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..data import load_images
 from .ddpm import ROWS, ddpm_fixes
 from .store import ResultStore, markdown_table, write_table
+from .sweep import Executor
 from .time_use import DDPM_TIMES, diffusion_time_use
+
+if TYPE_CHECKING:
+    from ..diffusion.unet import UNet
 
 SETTINGS: dict[str, list[str]] = {"time-blind (GN G=C)": ["norm=instance"], **{k: v for k, v in ROWS.items()
                                                                                  if k != "scale-shift"}}
@@ -37,32 +40,36 @@ SCALE: dict[str, dict[str, Any]] = {  # training overrides and evaluation protoc
 
 def ddpm_time(preset: str, seeds: int, out: Path, data: str | None, *, overrides: tuple[str, ...] = (),
               evaluation: dict[str, Any] | None = None, progress: bool = False,
-              settings: dict[str, list[str]] | None = None, images: int | None = None) -> str:
-    """Train, score, audit and measure the time use of every row × seed; writes table.md and time-use.png.
+              settings: dict[str, list[str]] | None = None, images: int | None = None,
+              executor: Executor | None = None) -> str:
+    """Train, score, audit and measure the time use of every row × seed on ``executor`` (as ``ddpm_fixes``);
+    writes table.md and time-use.png.
 
     ``overrides``, ``evaluation``: as ``ddpm_fixes``; ``settings`` replaces ``SETTINGS`` and ``images`` limits
     the held-out images of the time use (both for smoke runs).
     """
     scale = SCALE[preset]
     out = Path(out)
-    bins = scale["bins"]
     settings = settings or SETTINGS
-
-    def measure(model: torch.nn.Module, cfg: Any) -> dict[str, Any]:
-        test = load_images(cfg.data, "test", model.config.image_size).subset(images)
-        rows = diffusion_time_use(model, test.x * 2 - 1, bins=bins, seed=cfg.seed)
-        mean = {name: statistics.fmean(r[name] for r in rows) for name in DDPM_TIMES}
-        return {"time_use": rows, "loss_true": mean["true"], "loss_random": mean["random"],
-                "loss_shifted": mean["shifted"], "random_over_true": mean["random"] / mean["true"]}
-
     ddpm_fixes(preset, seeds, out, data, overrides=(*scale["overrides"], *overrides),
-               evaluation={**scale["evaluation"], **(evaluation or {})}, progress=progress, rows=settings,
-               extra=measure)
-    records = [r for r in ResultStore(out / "results.jsonl").records() if r.get("setting") in settings]
-    table = render(records, preset, seeds)
+               evaluation={**scale["evaluation"], **(evaluation or {})}, progress=progress, executor=executor,
+               rows=settings, extra=partial(measure, bins=scale["bins"], images=images))
+    records = [r for r in ResultStore(out).records() if r.get("setting") in settings and r["seed"] < seeds]
+    done = [r for r in records if "error" not in r]
+    table = render(done, preset, seeds) + "".join(f"\nfailed: {r['key']} ({r['error']})\n"
+                                                  for r in records if "error" in r)
     write_table(out / "table.md", table)
-    _plot(records, out / "time-use.png")
+    _plot(done, out / "time-use.png")
     return table
+
+
+def measure(model: UNet, cfg: Any, *, bins: int, images: int | None) -> dict[str, Any]:
+    """A cell's time use: the loss per t-bin on ``images`` held-out images with the true, a random and a shifted t."""
+    test = load_images(cfg.data, "test", model.config.image_size).subset(images)
+    rows = diffusion_time_use(model, test.x * 2 - 1, bins=bins, seed=cfg.seed)
+    mean = {name: statistics.fmean(r[name] for r in rows) for name in DDPM_TIMES}
+    return {"time_use": rows, "loss_true": mean["true"], "loss_random": mean["random"],
+            "loss_shifted": mean["shifted"], "random_over_true": mean["random"] / mean["true"]}
 
 
 def render(records: list[dict[str, Any]], preset: str, seeds: int) -> str:

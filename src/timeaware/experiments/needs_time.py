@@ -23,8 +23,8 @@ Reported per (setting, task), mean ± std over seeds, on times and initial state
   target and of the trained function on the same state: the share of the target's time variation the model
   does not reproduce, whatever its error in the time-independent part. A function that ignores t scores 1
   exactly; 0 = the time dependence is learnt;
-* ``error``: E‖f − v‖² on the same scale (both parts); ``frozen``: the same with f evaluated at t ≡ ½, so
-  ``frozen`` − ``error`` is what the trained function gains from reading t;
+* ``fit_error``: E‖f − v‖² on the same scale (both parts); ``frozen``: the same with f evaluated at t ≡ ½, so
+  ``frozen`` − ``fit_error`` is what the trained function gains from reading t;
 * ``endpoint``: ‖z_f(1) − z_v(1)‖ / ‖z_v(1) − z_v̄(1)‖ of dopri5 solves (rtol = atol = 1e-3) from held-out z(0),
   and ``nfe``, the function evaluations of the model's solve;
 * the audit's survival of t through the norms after a time injection (train mode, one t per call).
@@ -39,6 +39,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ from torch.nn import functional as F
 from ..config import TimeAware
 from ..node.func import ODEFunc
 from ..node.solve import ODEBlock, SolverOptions
-from .store import ResultStore, markdown_table, write_table
+from .store import markdown_table, write_table
+from .sweep import Cell, Executor, run_sweep
 
 TASKS = ("per-channel", "spatial")
 
@@ -84,9 +86,10 @@ class Setting:
 def settings(channels: int) -> list[Setting]:
     """Each norm with and without the positional map, and with positional + zero operand bias; the control."""
     half = channels // 2
-    norms = [("BN", {"norm": "batch"}), ("IN = GN(G=C)", {"norm": "instance"}),
-             (f"GN({half}) 2 ch/group", {"norm": "group", "groups": half}),
-             ("GN(1)", {"norm": "group", "groups": 1}), ("no norm", {"norm": "none"})]
+    norms: list[tuple[str, dict[str, Any]]] = [
+        ("BN", {"norm": "batch"}), ("IN = GN(G=C)", {"norm": "instance"}),
+        (f"GN({half}) 2 ch/group", {"norm": "group", "groups": half}),
+        ("GN(1)", {"norm": "group", "groups": 1}), ("no norm", {"norm": "none"})]
     rows = []
     for name, changes in norms:
         rows += [Setting(name, changes), Setting(f"{name} + pos", {**changes, "positional": "linear"})]
@@ -147,6 +150,7 @@ class Problem:
     blind_ends: torch.Tensor    # z_v̄(1): the best time-blind flow from the same z(0)
 
 
+@lru_cache(maxsize=1)  # cells run task → seed → setting: consecutive cells in one process share the problem
 def make_problem(task: str, size: TaskSize, seed: int) -> Problem:
     """Draw the initial states and the pattern from ``seed`` and solve the true and time-blind flows."""
     gen = torch.Generator().manual_seed(1000 + seed)
@@ -158,6 +162,11 @@ def make_problem(task: str, size: TaskSize, seed: int) -> Problem:
     test_states = paths(target, z_test, times)
     blind = paths(lambda t, z: target.time_average(z), z_test, times[[0, -1]])[-1]
     return Problem(target, times, paths(target, z_train, times), test_states, test_states[-1], blind)
+
+
+def needs_time_cell(task: str, setting: Setting, seed: int, size: TaskSize) -> dict[str, Any]:
+    """One cell: draw (or reuse) the task's problem for ``seed``, then train and evaluate ``setting`` on it."""
+    return run_one(make_problem(task, size, seed), setting, seed, size)
 
 
 def run_one(problem: Problem, setting: Setting, seed: int, size: TaskSize) -> dict[str, Any]:
@@ -181,7 +190,7 @@ def run_one(problem: Problem, setting: Setting, seed: int, size: TaskSize) -> di
         opt.step()
     train_s = time.perf_counter() - t0
     func.eval()
-    result = {"train_s": train_s, "train_loss": loss.item()}
+    result: dict[str, Any] = {"train_s": train_s, "train_loss": loss.item()}
     with torch.no_grad():
         xs, ts = test_states[test_k], times[test_k]
         truth = torch.stack([target(t, x) for t, x in zip(ts, xs)])
@@ -192,7 +201,7 @@ def run_one(problem: Problem, setting: Setting, seed: int, size: TaskSize) -> di
         frozen = torch.stack([func(0.5, x) for x in xs])
     scale = change.pow(2).mean()
     result["unexplained"] = ((pred - own - change).pow(2).mean() / scale).item()
-    result["error"] = ((pred - truth).pow(2).mean() / scale).item()
+    result["fit_error"] = ((pred - truth).pow(2).mean() / scale).item()  # not "error": a failed cell's line
     result["frozen"] = ((frozen - truth).pow(2).mean() / scale).item()
     if task == "spatial":  # the interior, away from the border that zero padding lets t into
         inner = (slice(None),) * 3 + (slice(1, -1), slice(1, -1))
@@ -237,33 +246,28 @@ def _survival(func: ODEFunc, z: torch.Tensor) -> float | None:
     return survival_after_injection(func, report)
 
 
-METRICS = {"unexplained": "time part unexplained ↓", "error": "error", "frozen": "error at t ≡ ½",
+METRICS = {"unexplained": "time part unexplained ↓", "fit_error": "error", "frozen": "error at t ≡ ½",
            "endpoint": "endpoint err ↓", "nfe": "NFE", "survival": "survival"}
 
 
 def node_needs_time(preset: str, seeds: int, out: Path, data: str | None,
-                    sizes: dict[str, TaskSize] | None = None, rows: Sequence[Setting] | None = None) -> str:
-    """Every task × setting × seed not yet in ``out/results.jsonl``; writes and returns table.md and needs-time.png."""
+                    sizes: dict[str, TaskSize] | None = None, rows: Sequence[Setting] | None = None,
+                    executor: Executor | None = None) -> str:
+    """Run every task × setting × seed cell not yet done on ``executor`` (None: here, one by one); writes and
+    returns table.md and needs-time.png."""
     if data is not None:
         raise ValueError(f"--data {data!r} is not allowed for node-needs-time: its data are generated trajectories")
     size = (sizes or SIZES)[preset]
     out = Path(out)
-    store = ResultStore(out / "results.jsonl")
     rows = list(rows or settings(size.channels))
     started = time.perf_counter()
-    for task in TASKS:
-        for seed in range(seeds):
-            problem = None
-            for setting in rows:
-                key = f"{task}/{setting.name}/seed={seed}/{preset}"
-                config = {"size": size.__dict__, "changes": setting.changes, "autonomous": setting.autonomous}
-                if store.done(key, config):
-                    continue
-                problem = problem or make_problem(task, size, seed)
-                record = run_one(problem, setting, seed, size)
-                store.append({"key": key, "task": task, "setting": setting.name, "seed": seed, "preset": preset,
-                              "config": config, **record})
-    records = [r for r in store.records() if r.get("preset") == preset]
+    cells = [Cell(f"{task}/{setting.name}/seed={seed}/{preset}",
+                  {"size": size.__dict__, "changes": setting.changes, "autonomous": setting.autonomous},
+                  partial(needs_time_cell, task, setting, seed, size),
+                  {"task": task, "setting": setting.name, "seed": seed, "preset": preset})
+             for task in TASKS for seed in range(seeds) for setting in rows]
+    everything = run_sweep(out, cells, executor).records([c.key for c in cells])
+    records = [r for r in everything if "error" not in r]
     tables = []
     for task in TASKS:
         part = [r for r in records if r["task"] == task]
@@ -280,7 +284,8 @@ def node_needs_time(preset: str, seeds: int, out: Path, data: str | None,
             "the same with the trained function evaluated at t = ½; endpoint err: ‖z(1) − true z(1)‖ / ‖best "
             "time-blind z(1) − true z(1)‖ (dopri5, rtol = atol = 1e-3), NFE of that solve; survival: the audit. "
             "Wall time of this invocation: "
-            f"{time.perf_counter() - started:.0f} s (runs already in results.jsonl are not redone).\n")
+            f"{time.perf_counter() - started:.0f} s (runs already done are not redone).\n"
+            + "".join(f"\nfailed: {r['key']} ({r['error']})\n" for r in everything if "error" in r))
     table = "\n".join(tables) + note
     write_table(out / "table.md", table)
     _plot(records, rows, out / "needs-time.png")

@@ -1,10 +1,11 @@
 """The paper's NODE experiments as sweeps of settings × seeds (Tables 1, 2, 4 and Figure 7).
 
-Each experiment trains one run per (setting, seed) with ``timeaware.node.train_classifier``, appends
-a line to ``OUT/results.jsonl`` (accuracy, NFE-F, NFE-B, the audit of the ODE function's norms, wall
-time) and rewrites ``OUT/table.md`` with mean ± std over seeds beside the paper's CIFAR-10 numbers.
-Runs already in ``results.jsonl`` are skipped and a run interrupted mid-way resumes from its own
-checkpoint (``OUT/runs/...``), so an interrupted sweep continues where it stopped.
+Each experiment is a sweep of cells, one run per (setting, seed) with ``timeaware.node.train_classifier``,
+on the executor given (this process by default; see ``sweep.py``). A cell records its accuracy, NFE-F,
+NFE-B, the audit of the ODE function's norms, its accuracy with t frozen at T/2 and its wall time in
+``OUT/cells/``; the sweep merges them into ``OUT/results.jsonl`` and writes ``OUT/table.md`` with mean ± std
+over seeds beside the paper's CIFAR-10 numbers. Done cells are skipped and a run interrupted mid-way
+resumes from its own checkpoint (``OUT/runs/...``), so an interrupted sweep continues where it stopped.
 
 ``overrides`` changes the preset for every run (any ``NodeRunConfig.with_overrides`` key), e.g. a
 shorter ``{"epochs": 1, "limit": 64}``; the registry's CLI passes none.
@@ -13,13 +14,13 @@ shorter ``{"epochs": 1, "limit": 64}``; the registry's CLI passes none.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,9 +29,11 @@ from ..config import divisors
 from ..io import atomic_write
 from ..node.run_config import NodeRunConfig
 from ..node.run_config import preset as run_preset
-from ..node.solve import SolverError
-from ..training import NonFiniteLoss
-from .store import ResultStore, markdown_table, write_table
+from .store import ResultStore, markdown_table, slug, write_table
+from .sweep import Cell, Executor, run_sweep
+
+if TYPE_CHECKING:
+    from ..node.model import NodeClassifier
 
 METRICS = {"test_acc": "accuracy (%)", "frozen_acc": "accuracy, t ≡ T/2 (%)", "nfe_forward": "NFE-F",
            "nfe_backward": "NFE-B", "survival": "survival", "time_share_pct": "time share (%)", "wall_time": "wall (s)"}
@@ -46,15 +49,17 @@ class Setting:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
-def node_norm(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None) -> str:
+def node_norm(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None,
+              executor: Executor | None = None) -> str:
     """Table 1: GroupNorm, BatchNorm (cancels ConcatConv's offset), GroupNorm + positional timestep embedding."""
     settings = [Setting("GN"), Setting("BN", {"norm": "batch"}), Setting("GN + positional", {"positional": "linear"})]
     paper = {"GN": (91.76, 26.0), "BN": (91.11, 34.6), "GN + positional": (91.80, 26.0)}
     return sweep("node-norm", "Table 1: normalization and positional timestep embedding", settings, paper,
-                 preset, seeds, out, data, overrides)
+                 preset, seeds, out, data, overrides, executor)
 
 
-def node_bias(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None) -> str:
+def node_bias(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None,
+              executor: Executor | None = None) -> str:
     """Table 2 (MLP timestep embedding): zero bias on both branches, the timestep branch only, the operand only."""
     mlp = {"time": "mlp"}
     settings = [Setting("zero bias: both branches", {**mlp, "operand_bias": "zero", "time_bias": "zero"}),
@@ -63,83 +68,81 @@ def node_bias(preset: str, seeds: int, out: Path, data: str | None, overrides: d
     paper = {"zero bias: both branches": (92.03, 26.0), "zero bias: timestep branch": (92.00, 39.2),
              "zero bias: operand branch": (92.18, 26.0)}
     return sweep("node-bias", "Table 2: zero bias initialization per branch (MLP timestep embedding)", settings,
-                 paper, preset, seeds, out, data, overrides)
+                 paper, preset, seeds, out, data, overrides, executor)
 
 
 def node_activation(preset: str, seeds: int, out: Path, data: str | None,
-                    overrides: dict[str, Any] | None = None) -> str:
+                    overrides: dict[str, Any] | None = None, executor: Executor | None = None) -> str:
     """Table 4: smooth activations lower NFE at some cost in accuracy."""
     names = ("relu", "silu", "elu", "softplus", "sigmoid")
     paper = dict(zip(names, [(91.76, 26.0), (91.76, 21.5), (91.38, 23.5), (89.89, 18.8), (89.75, 14.0)]))
     return sweep("node-activation", "Table 4: activation function vs accuracy and NFE",
-                 [Setting(n, {"activation": n}) for n in names], paper, preset, seeds, out, data, overrides)
+                 [Setting(n, {"activation": n}) for n in names], paper, preset, seeds, out, data, overrides,
+                 executor)
 
 
-def node_groups(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None) -> str:
+def node_groups(preset: str, seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None = None,
+                executor: Executor | None = None) -> str:
     """Figure 7: GroupNorm with G in the divisors of C (C = 64, 128 at paper scale; the preset's C when quick)."""
     base = _base(preset, data, overrides)
     widths = (64, 128) if preset == "paper" else (base.channels,)
     settings = [Setting(f"C={c} G={g}", {"channels": c, "norm": "group", "groups": g})
                 for c in widths for g in divisors(c)]
-    table = sweep("node-groups", "Figure 7: number of groups G", settings, {}, preset, seeds, out, data, overrides)
-    _plot_groups(_current(ResultStore(out / "results.jsonl"), preset, base), out / "groups.png")
+    table = sweep("node-groups", "Figure 7: number of groups G", settings, {}, preset, seeds, out, data, overrides,
+                  executor)
+    _plot_groups(_current(ResultStore(out), preset, base), out / "groups.png")
     return table
 
 
 def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, tuple[float, float]], preset: str,
-          seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None) -> str:
-    """Train every (setting, seed) not yet in ``results.jsonl``, then write and return ``table.md``."""
-    from tqdm.auto import tqdm
-
-    from ..node.train import load_run_data, train_classifier
-
+          seeds: int, out: Path, data: str | None, overrides: dict[str, Any] | None,
+          executor: Executor | None = None) -> str:
+    """Run every (setting, seed) cell not yet done on ``executor``, then write and return ``table.md``."""
     out = Path(out)
     base = _base(preset, data, overrides)
-    store = ResultStore(out / "results.jsonl")
-    test = load_run_data(base)[1]
-    images = test.x[:AUDIT_IMAGES]
-    bar = tqdm([(s, seed) for s in settings for seed in range(seeds)], desc=name, unit="run")
-    for setting, seed in bar:
+    cells = []
+    for setting, seed in [(s, seed) for s in settings for seed in range(seeds)]:
         key = f"{setting.name}/seed={seed}/{preset}/{_data_label(base)}"
         cfg = base.with_overrides({**setting.changes, "seed": seed})
-        if store.done(key, cfg.to_dict()):
-            continue
-        bar.set_postfix_str(key)
-        record = {"key": key, "setting": setting.name, "seed": seed, "preset": preset, "data": _data_label(base),
-                  "config": cfg.to_dict()}
-        start = time.perf_counter()
-        try:
-            result = train_classifier(cfg, out / "runs" / _slug(key), resume=True, progress=False)
-        except (SolverError, NonFiniteLoss) as err:  # a result too (e.g. BN's NFE blow-up); delete the line to retry
-            store.append({**record, "error": str(err), "wall_time": time.perf_counter() - start})
-            continue
-        record.update({k: result.summary.get(k) for k in ("test_acc", "best_test_acc", "nfe_forward",
-                                                             "nfe_backward", "test_nfe_forward", "epoch")})
-        record.update(audit_block(result.model, images), frozen_acc=frozen_accuracy(result.model, test))
-        record["wall_time"] = time.perf_counter() - start
-        store.append(record)
-    failed = [r["key"] for r in _current(store, preset, base) if "error" in r]
+        cells.append(Cell(key, cfg.to_dict(), partial(train_and_audit, cfg, out / "runs" / slug(key), base),
+                          {"setting": setting.name, "seed": seed, "preset": preset, "data": _data_label(base)}))
+    store = run_sweep(out, cells, executor)
+    records = _current(store, preset, base)
+    failed = [r for r in records if "error" in r]
     note = ("\nNFE-F / NFE-B: mean function evaluations per training batch in the last epoch (forward / adjoint "
             "solve); the paper's NFE is shown beside NFE-F. accuracy, t ≡ T/2: the same test set solved with the "
             "ODE function's t frozen at T/2 (timeaware time-use). survival, time share: the audit of the norms "
             "right after a time injection (mean over them; survival without the zero-padding border, as the "
             "verdicts read it; train mode, one t per batch).\n"
-            + "".join(f"\nfailed: {k} (see results.jsonl)" for k in failed))
-    table = markdown_table(_current(store, preset, base), group="setting", metrics=METRICS,
+            + "".join(f"\nfailed: {r['key']} ({r['error']})" for r in failed))
+    table = markdown_table([r for r in records if "error" not in r], group="setting", metrics=METRICS,
                            order=[s.name for s in settings], title=f"{name} ({preset}, {_data_label(base)}): {title}",
                            paper={k: {"test_acc": a, "nfe_forward": n} for k, (a, n) in paper.items()}) + note
     write_table(out / "table.md", table)
     return table
 
 
-def frozen_accuracy(model: torch.nn.Module, test: Any) -> float:
+def train_and_audit(cfg: NodeRunConfig, run_dir: Path, base: NodeRunConfig) -> dict[str, Any]:
+    """One cell: train (resuming ``run_dir``'s latest checkpoint), then audit on ``base``'s test images."""
+    from ..node.train import load_run_data, train_classifier
+
+    start = time.perf_counter()
+    result = train_classifier(cfg, run_dir, resume=True, progress=False)
+    test = load_run_data(base)[1]
+    record = {k: result.summary.get(k) for k in ("test_acc", "best_test_acc", "nfe_forward", "nfe_backward",
+                                                   "test_nfe_forward", "epoch")}
+    return {**record, **audit_block(result.model, test.x[:AUDIT_IMAGES]),
+            "frozen_acc": frozen_accuracy(result.model, test), "wall_time": time.perf_counter() - start}
+
+
+def frozen_accuracy(model: NodeClassifier, test: Any) -> float:
     """Test accuracy with the ODE function's t frozen at T/2 (eval mode): the real-t accuracy when t is unused."""
     from .time_use import node_time_use
 
     return node_time_use(model, test.x, test.y, times=("frozen T/2",))[0]["accuracy"]
 
 
-def audit_block(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+def audit_block(model: NodeClassifier, images: torch.Tensor) -> dict[str, Any]:
     """Survival and time share of t through the ODE function's norms after a time injection.
 
     Audited in train mode, one batch per t (as in a training solve): BatchNorm then uses the batch
@@ -169,10 +172,6 @@ def _current(store: ResultStore, preset: str, base: NodeRunConfig) -> list[dict[
 
 def _data_label(cfg: NodeRunConfig) -> str:
     return Path(cfg.data).stem
-
-
-def _slug(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", key)
 
 
 def _finite_mean(values: Any) -> float | None:

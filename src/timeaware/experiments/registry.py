@@ -1,12 +1,20 @@
-"""Name → experiment. An experiment is ``run(preset, seeds, out, data) -> table text``."""
+"""Name → experiment. An experiment is ``run(preset, seeds, out, data, executor=None) -> table text``."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-Experiment = Callable[[str, int, Path, "str | None"], str]
+from .sweep import Executor
+
+
+class Experiment(Protocol):
+    """A sweep of the paper's: its cells run on ``executor`` (None: here, one by one); returns the table."""
+
+    def __call__(self, preset: str, seeds: int, out: Path, data: str | None, *,
+                 executor: Executor | None = None) -> str: ...
+
 
 EXPERIMENTS: dict[str, str] = {
     "node-norm": "timeaware.experiments.node:node_norm",  # Table 1: GN, BN, GN + positional

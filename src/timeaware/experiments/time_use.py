@@ -23,13 +23,16 @@ import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..io import atomic_write, atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    from ..node.model import NodeClassifier
 
 NODE_TIMES = ("real", "frozen 0", "frozen T/2", "frozen T", "reversed")
 DDPM_TIMES = ("true", "random", "shifted")
@@ -55,7 +58,7 @@ def time_maps(t1: float) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 
 
 @contextlib.contextmanager
-def remapped_time(model: nn.Module, remap: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def remapped_time(model: NodeClassifier, remap: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Solve ``model.block`` (an ODEBlock) with its function seeing ``remap(t)``; restored on exit."""
     counted = model.block.counted
     func = counted.func
@@ -67,7 +70,7 @@ def remapped_time(model: nn.Module, remap: Callable[[torch.Tensor], torch.Tensor
 
 
 @torch.no_grad()
-def node_time_use(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 256,
+def node_time_use(model: NodeClassifier, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 256,
                   mode: str = "eval", times: tuple[str, ...] = NODE_TIMES) -> list[dict[str, Any]]:
     """Accuracy (%), mean cross-entropy and mean NFE of a NodeClassifier per way of feeding it t.
 
@@ -161,8 +164,7 @@ def load_run(run: str | Path, limit: int | None = None) -> Loaded:
         from ..diffusion.train import TrainConfig
 
         unet, _ = load_model(found, device="cpu")
-        cfg = TrainConfig(**state["train"])
-        data = load_images(cfg.data, "test", unet.config.image_size).subset(limit)
+        data = load_images(TrainConfig(**state["train"]).data, "test", unet.config.image_size).subset(limit)
         return "ddpm", unet, state, {"x": data.x * 2 - 1}
     if "config" not in state or "input_shape" not in state:
         raise ValueError(f"{found}: not a timeaware NODE or DDPM checkpoint (its state.json has no 'unet', or no "
@@ -181,8 +183,10 @@ def load_run(run: str | Path, limit: int | None = None) -> Loaded:
 def time_use(run: str | Path, *, limit: int | None = None, bins: int = 10, mode: str = "eval",
              seed: int = 0) -> dict[str, Any]:
     """Time use of a run folder: ``{"kind", "run", "rows", "table"}`` (rows as the two functions above)."""
+    from ..node.model import NodeClassifier
+
     kind, model, _, data = load_run(run, limit)
-    if kind == "node":
+    if isinstance(model, NodeClassifier):  # kind "node"
         rows = node_time_use(model, data["x"], data["y"], mode=mode)
     else:
         rows = diffusion_time_use(model, data["x"], bins=bins, seed=seed)

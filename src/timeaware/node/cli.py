@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .run_config import PRESETS, allowed_keys
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from .solve import SolverError
     from .train import train_classifier
 
-    changes: dict[str, object] = parse_settings(args.settings)
+    changes: dict[str, Any] = parse_settings(args.settings)
     changes.update({field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None})
     if args.no_adjoint:
         changes["adjoint"] = False

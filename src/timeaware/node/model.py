@@ -49,6 +49,9 @@ def state_size(image_size: tuple[int, int]) -> tuple[int, int]:
 class NodeClassifier(nn.Module):
     """stem → ODEBlock → head; ``stats`` holds the latest solve's NFE-F / NFE-B."""
 
+    mean: torch.Tensor  # buffers: the per-channel input normalisation
+    std: torch.Tensor
+
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int], *, channels: int = 64,
                  config: TimeAware | None = None, time: str = "concat", solver: SolverOptions | None = None,
                  dropout: float = 0.5, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
@@ -63,9 +66,9 @@ class NodeClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, 1, 1), ResBlock(channels, config),
                                   ResBlock(channels, config))
-        func = ODEFunc(channels, config, time=time, size=state_size(image_size))
+        solver = solver or SolverOptions()
+        func = ODEFunc(channels, config, time=time, size=state_size(image_size), t1=solver.t1)
         self.block = ODEBlock(func, solver)
-        func.time_range = (0.0, self.block.solver.t1)
         self.head = nn.Sequential(make_norm(config, channels), make_activation(config.activation),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(channels, num_classes))

@@ -9,6 +9,7 @@ run continues bit for bit as if it had not stopped.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageData, augment, load_images
+from ..resources import FLOAT, check_memory, training_bytes
 from ..training import (
     MetricsLog,
     check_finite,
+    check_type,
+    claim_run_folder,
     load_checkpoint,
     make_accelerator,
     read_checkpoint_state,
-    resolve_resume,
     rewind_to,
     save_checkpoint,
     seed_everything,
@@ -54,9 +57,9 @@ def load_run_data(cfg: NodeRunConfig) -> tuple[ImageData, ImageData]:
 
 def build_model(cfg: NodeRunConfig, train: ImageData) -> NodeClassifier:
     mean, std = train.channel_stats()
-    return NodeClassifier(train.x.shape[1], train.num_classes, tuple(train.x.shape[-2:]), channels=cfg.channels,
-                          config=cfg.model, time=cfg.time, solver=cfg.solver, dropout=cfg.dropout,
-                          mean=mean, std=std)
+    return NodeClassifier(train.x.shape[1], train.num_classes, (train.x.shape[-2], train.x.shape[-1]),
+                          channels=cfg.channels, config=cfg.model, time=cfg.time, solver=cfg.solver,
+                          dropout=cfg.dropout, mean=mean, std=std)
 
 
 @torch.no_grad()
@@ -72,7 +75,9 @@ def evaluate(model: nn.Module, data: ImageData, batch_size: int, device: torch.d
 
 
 def _unwrap(model: nn.Module) -> NodeClassifier:
-    return getattr(model, "module", model)
+    inner = getattr(model, "module", model)  # DDP holds the model in .module
+    assert isinstance(inner, NodeClassifier)
+    return inner
 
 
 def train_classifier(cfg: NodeRunConfig, out: str | Path, *, resume: bool | str | Path = False,
@@ -82,18 +87,19 @@ def train_classifier(cfg: NodeRunConfig, out: str | Path, *, resume: bool | str 
     ``resume``: False (``out`` must not hold a run), True or ``"latest"`` (continue ``out``'s latest
     checkpoint, or start when it has none), or a checkpoint folder / run folder to continue from.
     """
+    check_type("cfg", cfg, NodeRunConfig)
+    check_type("out", out, str | os.PathLike)
+    check_type("resume", resume, bool | str | os.PathLike)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    found = resolve_resume(out, resume)
-    if found is not None:
-        state = read_checkpoint_state(found)["state"]
-        missing = [key for key in ("config", "epoch", "metrics") if key not in state]
-        if missing:
-            raise ValueError(f"{found / 'state.json'}: corrupted checkpoint metadata (no {', '.join(missing)})")
-        _check_same_run(state["config"], cfg, out)
-    with _intra_op_threads(cfg.threads):
-        return _train(cfg, out, found, progress)
+    with claim_run_folder(out, resume) as found:
+        if found is not None:
+            state = read_checkpoint_state(found)["state"]
+            missing = [key for key in ("config", "epoch", "metrics") if key not in state]
+            if missing:
+                raise ValueError(f"{found / 'state.json'}: corrupted checkpoint metadata (no {', '.join(missing)})")
+            _check_same_run(state["config"], cfg, out)
+        with _intra_op_threads(cfg.threads):
+            return _train(cfg, out, found, progress)
 
 
 @contextlib.contextmanager
@@ -130,6 +136,7 @@ def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) ->
     acc = make_accelerator()
     rank, world = acc.process_index, acc.num_processes
     _check_batches(len(train), cfg.batch_size, world)
+    _check_memory(cfg, train, acc.device, world)
     seed_everything(cfg.seed)
     model = build_model(cfg, train)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -204,6 +211,20 @@ def _check_batches(n: int, batch_size: int, world: int) -> None:
         raise ValueError(f"batch_size={batch_size} over {n} images leaves a batch of {min(batch_size, last)} for "
                          f"{world} processes; batch_size is the global batch, choose it (and limit) so that every "
                          "batch has at least one image per process")
+
+
+def _check_memory(cfg: NodeRunConfig, train: ImageData, device: torch.device, world: int) -> None:
+    """Refuse a width or image size this machine cannot hold, before the model is built.
+
+    The ODE function's two 3×3 convs (time concatenated) dominate the parameters; a batch keeps about 40
+    state-sized maps for the adjoint's backward pass, about 400 when backpropagating through the solver;
+    each process holds its slice of the global batch.
+    """
+    channels, (in_ch, h, w) = cfg.channels, train.x.shape[1:]
+    params = 2 * 9 * (channels + 1) * channels + 9 * in_ch * channels + channels * train.num_classes
+    maps = 40 if cfg.solver.adjoint else 400
+    need = training_bytes(params, maps * channels * h * w * FLOAT, -(-cfg.batch_size // world))
+    check_memory(need, f"training channels={channels} on {h}×{w} images with batch_size={cfg.batch_size}", device)
 
 
 def _check_same_run(saved: dict[str, Any], cfg: NodeRunConfig, out: Path) -> None:

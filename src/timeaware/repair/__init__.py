@@ -1,4 +1,4 @@
-"""Measure and repair models people already have (diffusers U-Nets, torchdiffeq-style ODE functions)."""
+"""Repair the models people already have: the paper's fixes applied where the tracer finds a time offset."""
 
 from ..specs import load_model
 from .fix import FixResult, fix

@@ -1,32 +1,43 @@
-"""``fix(model, example)``: apply the paper's three fixes to an existing model, with a before/after audit."""
+"""``fix(model)``: apply the paper's three fixes to an existing model, with a before/after audit.
+
+Where to act comes from running the model (``awareness.trace_time``), for any family: a site is a
+time offset added before a normalization. Scale-shift / adaptive-norm models have none: time enters
+after the norm and ``fix`` says that nothing needs fixing.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..awareness import AuditReport, LayerAudit, audit, find_vanishing_sites
-from ..specs import CallFn, default_timesteps, detect_call
-from .surgery import EmbeddingMappedNorm, Target, TimeMapped, add_positional, regroup, resolve
+from ..awareness import AuditReport, LayerAudit, audit
+from ..awareness.trace import TimeTrace, trace_time
+from ..calling import ModelCall
+from ..specs import describe
+from .surgery import add_positional, regroup, zero_operand_bias
 
 POSITIONAL_FORMS = ("linear", "mlp")
 
 
 @dataclass
 class FixResult:
-    """The fixed model, what changed, and the audit before and after."""
+    """The fixed model, what changed, the sites, and the audit before and after (same call, mode and inputs)."""
 
     model: nn.Module
     changes: list[str]
     options: dict[str, Any]
+    call: ModelCall
+    trace: TimeTrace
     before: AuditReport | None = None
     after: AuditReport | None = None
-    sites: list[str] = field(default_factory=list)
+
+    @property
+    def needed(self) -> bool:
+        return self.trace.needs_fix
 
     def survival(self) -> list[tuple[str, LayerAudit, LayerAudit]]:
         """(norm after a time injection, its audit row before, after) for each site."""
@@ -34,108 +45,104 @@ class FixResult:
             return []
         before = {row.name: row for row in self.before.layers}
         after = {row.name: row for row in self.after.layers}
-        # a norm wrapped by the fix (diffusers resnets) is hooked as <name>.norm afterwards
-        return [(n, before[n], after[n] if n in after else after[f"{n}.norm"]) for n in self.sites if n in before]
+        # a norm given a positional map is hooked as <name>.norm afterwards, its input now h + p(t)
+        return [(s.norm, before[s.norm], after.get(s.norm) or after[f"{s.norm}.norm"])
+                for s in self.trace.sites if s.norm in before and (s.norm in after or f"{s.norm}.norm" in after)]
 
     def to_dict(self) -> dict[str, Any]:
         sites = [{"norm": n, "survival_before": b.survival, "survival_after": a.survival,
+                  "interior_survival_before": b.interior_survival, "interior_survival_after": a.interior_survival,
                   "verdict_before": b.verdict, "verdict_after": a.verdict} for n, b, a in self.survival()]
-        return {"options": self.options, "changes": self.changes, "sites": sites,
+        return {"options": self.options, "call": self.call.to_dict(), "changes": self.changes, "sites": sites,
+                "trace": self.trace.explain(),
                 "before": self.before.to_dict() if self.before else None,
                 "after": self.after.to_dict() if self.after else None}
 
     def __str__(self) -> str:
-        lines = [f"fix: {len(self.changes)} change(s)"] + [f"  {c}" for c in self.changes]
+        lines = [self.trace.explain(), f"fix: {len(self.changes)} change(s)"] + [f"  {c}" for c in self.changes]
         rows = self.survival()
         if rows:
+            mode = self.before.settings.get("mode") if self.before else "?"
             width = max(len(n) for n, _, _ in rows)
-            lines.append(f"  {'norm after time injection':<{width}}  survival before -> after")
-            lines += [f"  {n:<{width}}  {b.survival:>8.4f} ({b.verdict}) -> {a.survival:.4f} ({a.verdict})"
-                      for n, b, a in rows]
+            lines.append(f"  {'norm after time injection':<{width}}  survival (interior) before -> after, "
+                         f"audited as {self.call.name}, norms in {mode} mode")
+            lines += [f"  {n:<{width}}  {b.judged_survival:>8.4f} ({b.verdict}) -> {a.judged_survival:.4f} "
+                      f"({a.verdict})" for n, b, a in rows]
         return "\n".join(lines)
 
 
-def fix(model: nn.Module, example: torch.Tensor, *, positional: bool | str = False, zero_operand_bias: bool = False,
-        groups: int | None = None, preserve_output: bool = True, timesteps: torch.Tensor | None = None,
-        call: str | CallFn | None = None, check: bool = True, inplace: bool = False) -> FixResult:
-    """Apply the paper's fixes to ``model`` where time is added per channel before a normalization.
+def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bool | str = False,
+        zero_operand_bias: bool = False, groups: int | None = None, preserve_output: bool = True,
+        call: ModelCall | None = None, extras: dict[str, torch.Tensor] | None = None,
+        timesteps: torch.Tensor | None = None, check: bool = True, inplace: bool = False,
+        samples: int = 8, seed: int = 0) -> FixResult:
+    """Apply the paper's fixes to ``model`` where a time offset is added before a normalization.
 
-    positional         True / "mlp" / "linear": add a positional timestep embedding at every unprotected
-                       site (diffusers resnets always use the MLP branch on their time embedding)
-    zero_operand_bias  zero the biases of the operand-branch convs at each site (changes the output)
-    groups             regroup every GroupNorm to this many groups, copying affine parameters
+    positional         True / "linear" / "mlp": a positional timestep embedding at every unprotected site
+                       (a model given a time embedding instead of t always gets the MLP form on it)
+    zero_operand_bias  zero the bias of each site's operand conv (changes the output)
+    groups             regroup every GroupNorm (subclasses too) to this many groups, keeping its parameters
     preserve_output    start the positional maps at zero so the output is unchanged at the moment of the fix
-    example            an input batch (N, ...) used to find each site's H×W and for the audits
-    check              audit before and after (K timesteps, shared batching, eval mode)
-    Anything ``fix`` does not understand is refused with a ValueError; nothing is changed then.
+    call               how the model is called (default: ``specs.describe``); ``example``/``extras`` the
+                       inputs (default: ``samples`` random ones of the call's shape, seeded)
+    check              audit before and after, in the call's mode, on the same inputs and timesteps
+    Nothing is changed when the model has no site (``result.needed`` is False) or a request is invalid.
     """
     form = _form(positional)
     if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0):
         raise ValueError(f"groups={groups!r} is not allowed; it must be a positive integer")
     if not (form or zero_operand_bias or groups):
         raise ValueError("nothing to fix: ask for positional, zero_operand_bias and/or groups")
-    sites = find_vanishing_sites(model)
-    if not sites:
-        raise ValueError(f"fix() found no time injection it understands in {type(model).__name__}; supported: "
-                         "diffusers ResnetBlock2D (time_embedding_norm='default'), timeaware TimeConv2d/ConcatConv2d/"
-                         "ODEFunc, torchdiffeq-style ConcatConv2d/Conv2dTime; nothing was changed")
-    targets = [resolve(model, s.injector) for s in sites]  # raises before any change
-    call = call or detect_call(model)
-    timesteps = default_timesteps(model) if timesteps is None else timesteps
-    before = audit(model, example, timesteps, call=call, mode="eval") if check else None
+    call = call or describe(model)
+    if example is None:
+        example, made = call.example(samples, seed)
+        extras = {**made, **(extras or {})}
+    extras = extras or {}
+    timesteps = call.timesteps(8) if timesteps is None else timesteps
+    trace = trace_time(model, call, example, timesteps[[0, -1]], extras)
+    options: dict[str, Any] = {"positional": form, "zero_operand_bias": zero_operand_bias, "groups": groups,
+               "preserve_output": preserve_output}
+    if not trace.needs_fix:
+        return FixResult(model, [], options, call, trace)
+    if groups:  # validate before any change
+        regroup(copy.deepcopy(model), groups)
+
+    def measure(m: nn.Module) -> AuditReport | None:
+        return audit(m, example, timesteps, call=call, extras=extras, mode=call.mode) if check else None
+
+    before = measure(model)
     if not inplace:
         model = copy.deepcopy(model)
-        targets = [resolve(model, s.injector) for s in sites]
-    sizes = _sizes(model, targets, example, timesteps, call)
-    changes = _apply(model, targets, sites, sizes, form, zero_operand_bias, groups, preserve_output)
-    after = audit(model, example, timesteps, call=call, mode="eval") if check else None
-    options = {"positional": form, "zero_operand_bias": zero_operand_bias, "groups": groups,
-               "preserve_output": preserve_output, "sizes": {t.name: list(sizes[t.name]) for t in targets}}
-    return FixResult(model, changes, options, before, after, [s.norm for s in sites])
+    options["sites"] = {s.norm: list(s.size) for s in trace.sites if not s.protected}
+    options["operands"] = sorted({s.operand for s in trace.sites if s.operand})
+    changes = apply_fix(model, options, call, preserve_output, zero_operand_bias)
+    return FixResult(model, changes, options, call, trace, before, measure(model))
 
 
-def apply_fix(model: nn.Module, options: dict[str, Any]) -> nn.Module:
-    """Redo the structural part of a recorded fix (to load a saved fixed model); no data needed."""
-    sites = find_vanishing_sites(model)
-    targets = [resolve(model, s.injector) for s in sites]
-    sizes = {k: tuple(v) for k, v in options["sizes"].items()}
-    _apply(model, targets, sites, sizes, options["positional"], False, options["groups"], True)
-    return model
-
-
-def _apply(model: nn.Module, targets: list[Target], sites: list, sizes: dict[str, tuple[int, int]], form: str | None,
-           zero_operand_bias: bool, groups: int | None, preserve: bool) -> list[str]:
-    """Apply the fixes; returns one line per changed site, plus one for the regrouping."""
+def apply_fix(model: nn.Module, options: dict[str, Any], call: ModelCall, preserve: bool = True,
+              zero_bias: bool = False) -> list[str]:
+    """Apply a recorded fix (also to rebuild a saved fixed model, where no data is needed); one line per change."""
     changes: list[str] = []
+    groups = options.get("groups")
     if groups:
         regrouped = regroup(model, groups)
         if regrouped:
-            changes.append(f"{len(regrouped)} GroupNorm layers regrouped to {groups} group(s), affine copied")
-    for target, site in zip(targets, sites):
-        done = []
-        if zero_operand_bias:
-            for conv in target.operand_convs():
-                if conv.bias is not None:
-                    nn.init.zeros_(conv.bias)
-            done.append("operand conv biases zeroed")
-        if form and not (site.protected or _already_mapped(target)):
-            if target.name not in sizes:
-                raise ValueError(f"{target.name}: no feature-map size recorded for the positional map")
-            add_positional(model, target, sizes[target.name], form=form, preserve=preserve)
-            h, w = sizes[target.name]
-            kind = "MLP on the block's time embedding" if target.kind == "diffusers-resnet" else form
-            done.append(f"positional timestep embedding {h}x{w} ({kind}{', starts at 0' if preserve else ''})")
-        if done:
-            changes.append(f"{target.name}: {'; '.join(done)}")
+            changes.append(f"{len(regrouped)} GroupNorm layer(s) regrouped to {groups} group(s), parameters kept")
+    if zero_bias:
+        zeroed = zero_operand_bias(model, options.get("operands", []))
+        changes += [f"{name}: operand conv bias zeroed" for name in zeroed]
+    form = options.get("positional")
+    if form:
+        sites = {name: tuple(size) for name, size in options.get("sites", {}).items()}
+        kind = "MLP on the time embedding" if call.convention == "embedding" else form
+        for name in add_positional(model, sites, call, form, preserve):
+            size = "x".join(map(str, sites[name]))
+            start = ", starts at 0" if preserve else ""
+            changes.append(f"{name}: positional timestep embedding {size} ({kind}{start})")
     return changes
 
 
-def _already_mapped(target: Target) -> bool:
-    return (isinstance(getattr(target.module, "norm2", None), EmbeddingMappedNorm)
-            or getattr(target.module, "time_map", None) is not None or isinstance(target.module, TimeMapped))
-
-
-def _form(positional: bool | str) -> str | None:
+def _form(positional: bool | str | None) -> str | None:
     if positional is False or positional is None:
         return None
     if positional is True:
@@ -143,33 +150,3 @@ def _form(positional: bool | str) -> str | None:
     if positional not in POSITIONAL_FORMS:
         raise ValueError(f"positional={positional!r} is not allowed; choose True, False, 'linear' or 'mlp'")
     return positional
-
-
-def _sizes(model: nn.Module, targets: list[Target], example: torch.Tensor, timesteps: torch.Tensor,
-           call: str | CallFn) -> dict[str, tuple[int, int]]:
-    """Each site's output H×W, from one forward pass with hooks."""
-    sizes: dict[str, tuple[int, int]] = {}
-
-    def record(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
-            sizes.setdefault(name, (int(out.shape[-2]), int(out.shape[-1])))
-        return hook
-
-    handles = [(t.module.conv1 if t.kind == "diffusers-resnet" else t.module).register_forward_hook(record(t.name))
-               for t in targets]
-    t = timesteps[len(timesteps) // 2]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            if callable(call):
-                call(model, example, t.expand(example.shape[0]))
-            elif call == "tx":
-                model(t.to(example.dtype), example)
-            else:
-                model(example, t.expand(example.shape[0]))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return sizes

@@ -1,7 +1,8 @@
-"""Fixed models saved so they load back identically.
+"""Fixed models saved so they load back identically, and loaded without running anyone's code.
 
-A fixed model is saved as ``model.safetensors`` (all weights, the added maps included) plus
-``fix.json`` (how to rebuild the original model and which fix to redo on it).
+A fixed model is ``model.safetensors`` (all weights, the added maps included) plus ``fix.json`` (how to
+rebuild the original model, how it is called, and which fix to redo on it) and ``report.json``.
+``fix.json`` is data: a recipe that names a factory to import is refused unless ``trust_code=True``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from typing import Any
 
 from torch import nn
 
+from ..calling import ModelCall
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..specs import build_base
-from .fix import FixResult, apply_fix
+from .fix import POSITIONAL_FORMS, FixResult, apply_fix
+
+FIX_FIELDS = {"positional", "zero_operand_bias", "groups", "preserve_output", "sites", "operands"}
 
 
 def save_fixed(result: FixResult, out: str | Path, base: dict[str, Any]) -> Path:
@@ -21,18 +25,56 @@ def save_fixed(result: FixResult, out: str | Path, base: dict[str, Any]) -> Path
     out = Path(out)
     save_tensors(out / "model.safetensors", result.model.state_dict())
     write_json(out / "report.json", result.to_dict())
-    write_json(out / "fix.json", {"base": base, "fix": result.options})
+    write_json(out / "fix.json", {"base": base, "call": result.call.to_dict(), "fix": result.options})
     return out
 
 
-def load_fixed(folder: str | Path) -> nn.Module:
-    """Load a model written by ``save_fixed``: rebuild, redo the fix's structure, load the weights."""
+def load_fixed(folder: str | Path, *, trust_code: bool = False) -> nn.Module:
+    """Load a model written by ``save_fixed``: rebuild, redo the fix's structure, load the weights.
+
+    ``trust_code``: allow ``fix.json`` to name a factory that is imported and called (only for folders
+    you trust, as with ``trust_remote_code``); diffusers models and timeaware runs never need it.
+    """
     folder = Path(folder)
-    meta = read_json(folder / "fix.json")
-    model = apply_fix(build_base(meta["base"]), meta["fix"])
+    recipe = folder / "fix.json"
+    meta = read_json(recipe)
+    if not isinstance(meta, dict) or set(meta) != {"base", "call", "fix"}:
+        raise ValueError(f"{recipe}: not a timeaware fix recipe (expected the keys base, call, fix)")
+    call = _field(recipe, "call", lambda: ModelCall.from_dict(meta["call"]))
+    options = _options(recipe, meta["fix"])
+    model = build_base(meta["base"], trust_code=trust_code, source=str(recipe))
+    _field(recipe, "fix", lambda: apply_fix(model, options, call))
     try:
         model.load_state_dict(load_tensors(folder / "model.safetensors"))
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise ValueError(f"{folder / 'model.safetensors'}: does not match fix.json ({first})") from None
     return model
+
+
+def _options(recipe: Path, options: Any) -> dict[str, Any]:
+    """The recorded fix, with every field's type checked."""
+    if not isinstance(options, dict) or set(options) - FIX_FIELDS:
+        raise ValueError(f"{recipe}: field 'fix' must be an object with keys among {', '.join(sorted(FIX_FIELDS))}")
+    if options.get("positional") not in (None, *POSITIONAL_FORMS):
+        raise ValueError(f"{recipe}: fix.positional={options['positional']!r}; allowed: null, linear, mlp")
+    groups = options.get("groups")
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
+        raise ValueError(f"{recipe}: fix.groups={groups!r}; allowed: null or a positive integer")
+    sites = options.get("sites", {})
+    if not isinstance(sites, dict) or not all(
+            isinstance(v, list) and 1 <= len(v) <= 3 and all(isinstance(s, int) and 0 < s <= 4096 for s in v)
+            for v in sites.values()):
+        raise ValueError(f"{recipe}: fix.sites must map norm names to spatial sizes (1 to 3 positive integers)")
+    operands = options.get("operands", [])
+    if not isinstance(operands, list) or not all(isinstance(o, str) for o in operands):
+        raise ValueError(f"{recipe}: fix.operands must be a list of module names")
+    return options
+
+
+def _field(recipe: Path, name: str, build: Any) -> Any:
+    try:
+        return build()
+    except (ValueError, TypeError, AttributeError, KeyError) as err:  # a missing module name: AttributeError
+        raise ValueError(f"{recipe}: field {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
+            from None

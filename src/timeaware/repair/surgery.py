@@ -1,135 +1,128 @@
-"""In-place surgery that applies the paper's fixes to models people already have.
+"""In-place surgery that applies the paper's fixes at the sites the tracer found, for any model family.
 
-Three kinds of time-injection site are understood (anything else is refused, never guessed):
-
-* diffusers ``ResnetBlock2D`` with ``time_embedding_norm="default"``: ``conv1(h) + proj(temb)`` then ``norm2``;
-* timeaware ``TimeConv2d`` with a per-channel offset, and ``ODEFunc``'s ConcatConv layers;
-* torchdiffeq-style ``ConcatConv2d`` / ANODE ``Conv2dTime``: a module called ``layer(t, x)`` whose
-  ``_layer`` (or ``conv``) convolves ``[t·1, x]``.
+* fix 1: the site's normalization is wrapped as ``NormWithPositionalMap``: ``norm(h + p(t))`` with p from the one
+  positional-map factory (``embeddings.make_time_map``), one map per spatial size shared by the sites of
+  that size (as timeaware's U-Net shares one per resolution), t scaled by the model's time domain. t comes
+  from a ``TimeClock``: a forward pre-hook on the whole model reads it from each call as the model's
+  ``ModelCall`` says (argument, keyword, torchdyn attribute, concatenated column, or time embedding).
+* fix 2: the bias of the site's operand conv (the conv whose output meets the time offset) starts at zero.
+* fix 3: every GroupNorm, subclasses included, is regrouped in place: its class, eps and affine parameters
+  stay, only the number of groups changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import TimeAware
-from ..embeddings import LinearTimeMap, MLPTimeMap, as_time
-from ..layers import ConcatConv2d, TimeConv2d
+from ..calling import ModelCall
+from ..config import TimeAware, divisors
+from ..embeddings import as_time, make_time_map
 
 
-@dataclass
-class Target:
-    """A time-injection site resolved to the module the surgery changes."""
+class TimeClock:
+    """Holds the t (or time embedding) of the model call in progress, for the positional maps inside it.
 
-    name: str  # qualified name of the module changed (the resnet block, the TimeConv2d, the ConcatConv)
-    kind: str  # "diffusers-resnet" | "timeconv" | "concat"
-    module: nn.Module
-
-    def operand_convs(self) -> list[nn.Conv2d]:
-        """The convs of the operand branch (fix 2 zeroes their biases)."""
-        if self.kind == "diffusers-resnet":
-            return [self.module.conv1, self.module.conv2]
-        if self.kind == "timeconv":
-            return [self.module.conv]
-        return [concat_conv(self.module)]
-
-
-def resolve(model: nn.Module, injector: str) -> Target:
-    """The surgery target for an injector name from the static check."""
-    module = model.get_submodule(injector)
-    parent_name = injector.rpartition(".")[0]
-    if injector.endswith("time_emb_proj") and type(model.get_submodule(parent_name)).__name__ == "ResnetBlock2D":
-        return Target(parent_name, "diffusers-resnet", model.get_submodule(parent_name))
-    if isinstance(module, TimeConv2d):
-        return Target(injector, "timeconv", module)
-    if isinstance(module, ConcatConv2d) or type(module).__name__ in ("ConcatConv2d", "Conv2dTime"):
-        return Target(injector, "concat", module)
-    raise ValueError(f"{injector} ({type(module).__name__}) is a time injection fix() does not know how to change")
-
-
-def concat_conv(module: nn.Module) -> nn.Conv2d:
-    """The conv inside a ConcatConv-style layer (timeaware ``conv``, torchdiffeq ``_layer``)."""
-    conv = getattr(module, "conv", None) or getattr(module, "_layer", None)
-    if not isinstance(conv, nn.Conv2d):
-        raise ValueError(f"{type(module).__name__} looks like a ConcatConv but holds no Conv2d as .conv or ._layer")
-    return conv
-
-
-class EmbeddingMappedNorm(nn.Module):
-    """``norm(h + p(temb))``: a diffusers resnet's norm2 with a positional map from its time embedding.
-
-    The block's forward pre-hook hands over ``temb`` before ``norm2`` runs, so the block's own code is
-    unchanged.
+    Kept in the fixed model's ``__dict__`` (not a child module: an ``nn.Sequential`` would call it), so
+    copies of the model (EMA, ``deepcopy``) carry their own clock and hook.
     """
 
-    def __init__(self, norm: nn.Module, time_map: MLPTimeMap) -> None:
+    def __init__(self, call: ModelCall) -> None:
+        self.call = call
+        self.now: torch.Tensor | None = None
+
+    def read(self, root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.now = self.call.time_from_call(root, args, kwargs)
+
+
+def _tick(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    clock = root.__dict__["timeaware_clock"]
+    assert isinstance(clock, TimeClock)
+    clock.read(root, args, kwargs)
+
+
+class NormWithPositionalMap(nn.Module):
+    """``norm(h + p(t))``: a normalization with a positional timestep embedding added to its input (fix 1)."""
+
+    def __init__(self, norm: nn.Module, time_map: nn.Module, clock: TimeClock) -> None:
         super().__init__()
         self.norm, self.time_map = norm, time_map
-        self._temb: torch.Tensor | None = None
+        self.__dict__["clock"] = clock  # not a child: one clock for the whole model, registered on it
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self._temb is None:
-            raise RuntimeError("positional map has no time embedding: call the whole resnet block")
-        return self.norm(h + self.time_map(self._temb).to(h.dtype))
-
-
-class TimeMapped(nn.Module):
-    """``layer(t, x) + p(t)``: a torchdiffeq-style time layer with a positional timestep embedding."""
-
-    def __init__(self, layer: nn.Module, time_map: nn.Module) -> None:
-        super().__init__()
-        self.layer, self.time_map = layer, time_map
-
-    def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer(t, x)
-        return y + self.time_map(as_time(t, x.shape[0], y))
+    def forward(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        clock: TimeClock = self.__dict__["clock"]
+        t = clock.now
+        if t is None:
+            raise RuntimeError("this positional map has no t: call the whole fixed model, not one of its blocks")
+        time = t if t.ndim == 2 else as_time(t, h.shape[0], h)
+        return self.norm(h + self.time_map(time).to(h.dtype), *args, **kwargs)
 
 
-def _stash_temb(module: nn.Module, args: tuple, kwargs: dict) -> None:
-    temb = args[1] if len(args) > 1 else kwargs.get("temb")
-    module.norm2._temb = temb
+def install_clock(model: nn.Module, call: ModelCall) -> TimeClock:
+    """Register the clock and its pre-hook on ``model`` (once)."""
+    clock = model.__dict__.get("timeaware_clock")
+    if isinstance(clock, TimeClock):
+        return clock
+    clock = TimeClock(call)
+    model.__dict__["timeaware_clock"] = clock
+    model.register_forward_pre_hook(_tick, with_kwargs=True)
+    return clock
 
 
-def add_positional(model: nn.Module, site: Target, size: tuple[int, int], *, form: str, preserve: bool) -> None:
-    """Add a positional timestep embedding at ``site``; with ``preserve`` it starts at 0."""
-    config = TimeAware(activation="silu", positional=form)
-    if site.kind == "diffusers-resnet":
-        block = site.module
-        emb_dim = block.time_emb_proj.in_features
-        tmap = MLPTimeMap(size, config, features=emb_dim, hidden=64, zero_init=preserve, sinusoidal=False)
-        block.norm2 = EmbeddingMappedNorm(block.norm2, tmap)
-        block.register_forward_pre_hook(_stash_temb, with_kwargs=True)
-        return
-    tmap = LinearTimeMap(size, init_std=0.0 if preserve else 0.1) if form == "linear" else MLPTimeMap(
-        size, config, t_scale=1000.0, zero_init=preserve)
-    if site.kind == "timeconv":
-        site.module.time_map = tmap
-        return
-    parent_name, _, child = site.name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, TimeMapped(site.module, tmap))
+def add_positional(model: nn.Module, norms: dict[str, tuple[int, ...]], call: ModelCall, form: str,
+                   preserve: bool) -> list[str]:
+    """Wrap each named norm as ``NormWithPositionalMap``; ``norms`` maps a norm's name to its input's spatial size.
+
+    One map per size, shared by the norms of that size. With ``preserve`` each map starts at zero, so the
+    output is unchanged at the moment of the fix.
+    """
+    clock = install_clock(model, call)
+    config = TimeAware(positional=form, activation="silu")
+    embedding_dim = call.embedding_dim if call.convention == "embedding" else None
+    maps: dict[tuple[int, ...], nn.Module] = {}
+    done = []
+    for name, size in norms.items():
+        if size not in maps:
+            made = make_time_map(config, size, call.domain, zero_init=preserve, embedding_dim=embedding_dim)
+            assert made is not None
+            maps[size] = made
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        norm = parent.get_submodule(child)
+        device = next((p.device for p in norm.parameters()), None)
+        maps[size].to(device=device)
+        setattr(parent, child, NormWithPositionalMap(norm, maps[size], clock))
+        done.append(name)
+    return done
+
+
+def zero_operand_bias(model: nn.Module, operands: list[str]) -> list[str]:
+    """Zero the bias of each named operand conv (fix 2); returns the names whose bias it zeroed."""
+    zeroed = []
+    for name in operands:
+        bias = getattr(model.get_submodule(name), "bias", None)
+        if isinstance(bias, torch.Tensor):
+            with torch.no_grad():
+                bias.zero_()
+            zeroed.append(name)
+    return zeroed
+
+
+def group_norms(model: nn.Module) -> list[tuple[str, nn.GroupNorm]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)]
 
 
 def regroup(model: nn.Module, groups: int) -> list[str]:
-    """Replace every GroupNorm by one with ``groups`` groups, copying eps and affine; returns their names."""
-    changed = []
-    norms = [(n, m) for n, m in model.named_modules() if type(m) is nn.GroupNorm]
-    bad = [f"{n} ({m.num_channels} channels)" for n, m in norms if m.num_channels % groups]
+    """Set every GroupNorm (subclasses too) to ``groups`` groups in place; returns the names it changed."""
+    norms = group_norms(model)
+    bad = [(n, m.num_channels) for n, m in norms if m.num_channels % groups]
     if bad:
-        raise ValueError(f"groups={groups} does not divide the channels of {bad[0]}; choose a common divisor")
-    for name, norm in norms:
-        if norm.num_groups == groups:
-            continue
-        new = nn.GroupNorm(groups, norm.num_channels, norm.eps, norm.affine).to(
-            device=norm.weight.device if norm.affine else None, dtype=norm.weight.dtype if norm.affine else None)
-        if norm.affine:
-            with torch.no_grad():
-                new.weight.copy_(norm.weight)
-                new.bias.copy_(norm.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-        changed.append(name)
+        name, channels = bad[0]
+        raise ValueError(f"groups={groups} does not divide the {channels} channels of {name}; allowed: "
+                         f"{', '.join(map(str, divisors(channels)))} (a divisor of every GroupNorm's channels)")
+    changed = [n for n, m in norms if m.num_groups != groups]
+    for _, norm in norms:
+        norm.num_groups = groups
     return changed

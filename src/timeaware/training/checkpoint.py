@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ import torch
 from torch import nn
 
 from ..io import atomic_write_text, load_tensors, save_tensors
+from ..metadata import CHECKPOINT_STATE, read_checked
+from ..paths import is_run_folder
 
 LATEST = "latest"
+STEP_NAME = re.compile(r"step-\d{8,}")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -32,17 +36,32 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None when the run has none."""
-    pointer = checkpoint_root(run_dir) / LATEST
+    """The newest complete checkpoint of a run, or None when the run has none.
+
+    The ``latest`` pointer must name a ``step-N`` folder of this run (a pointer leading elsewhere is
+    refused); when the pointer is gone, the newest complete ``step-N`` folder is the latest.
+    """
+    root = checkpoint_root(run_dir)
+    pointer = root / LATEST
     if not pointer.is_file():
-        return None
-    try:
-        folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"{pointer}: corrupted (not a checkpoint folder name)") from None
+        complete = sorted(p for p in root.glob("step-*") if STEP_NAME.fullmatch(p.name) and _inside(p, root)
+                          and (p / "state.json").is_file()) if root.is_dir() else []
+        return complete[-1] if complete else None
+    with open(pointer, "rb") as fh:
+        name = fh.read(64).decode("utf-8", errors="replace").strip()
+    if not STEP_NAME.fullmatch(name):
+        raise ValueError(f"{pointer}: corrupted ({name[:30]!r} is not a checkpoint folder name like step-00000001)")
+    folder = root / name
+    if not _inside(folder, root):
+        raise ValueError(f"{pointer}: points to {folder.resolve()}, outside its run folder; refused")
     if not (folder / "state.json").is_file():
         raise ValueError(f"{pointer}: points to {folder.name}, which is missing or incomplete")
     return folder
+
+
+def _inside(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` (symlinks followed) is a direct child of ``root``."""
+    return folder.resolve().parent == root.resolve()
 
 
 def resolve_resume(out: str | Path, resume: bool | str | Path | None) -> Path | None:
@@ -54,7 +73,7 @@ def resolve_resume(out: str | Path, resume: bool | str | Path | None) -> Path | 
     """
     out = Path(out)
     if resume is False or resume is None:
-        if latest_checkpoint(out) is not None:
+        if is_run_folder(out):  # with or without a surviving ``latest`` pointer
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         return None
     if resume is True or resume == "latest":
@@ -68,7 +87,7 @@ def resolve_resume(out: str | Path, resume: bool | str | Path | None) -> Path | 
     if found is None:
         raise FileNotFoundError(f"--resume {path}: no checkpoint found (expected state.json or checkpoints/latest)")
     own = checkpoint_root(out).resolve()
-    if found.resolve().parent != own and latest_checkpoint(out) is not None:
+    if found.resolve().parent != own and is_run_folder(out):
         raise ValueError(f"--resume {path}: {out} already holds another run; choose another --out")
     return found
 
@@ -84,6 +103,23 @@ def save_checkpoint(run_dir: str | Path, *, step: int, modules: dict[str, nn.Mod
     tmp = root / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_checkpoint(tmp, step, modules, optimizer, scheduler, generators, state)
+    except BaseException:  # a full disk or an interrupt: no partial folder left, the previous checkpoint stays latest
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_text(root / LATEST, name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+                      scheduler: Any | None, generators: dict[str, torch.Generator] | None,
+                      state: dict[str, Any] | None) -> None:
     for key, module in modules.items():
         save_tensors(tmp / f"{key}.safetensors", module.state_dict())
     meta: dict[str, Any] = {"step": step, "state": state or {}, "modules": sorted(modules)}
@@ -96,13 +132,6 @@ def save_checkpoint(run_dir: str | Path, *, step: int, modules: dict[str, nn.Mod
     save_tensors(tmp / "rng.safetensors", rng_tensors)
     # json with allow_nan: ReduceLROnPlateau keeps best=inf, which must round-trip exactly.
     atomic_write_text(tmp / "state.json", json.dumps(meta, indent=1))  # fsynced like the weights
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write_text(root / LATEST, name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -146,15 +175,13 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
 def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
     """``state.json`` of a checkpoint folder; a corrupted one gives a one-line error naming the file."""
     file = Path(path) / "state.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file (an incomplete checkpoint)")
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{file}: no such file (an incomplete checkpoint)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file}: corrupted checkpoint metadata ({err})") from None
-    if not (isinstance(meta, dict) and isinstance(meta.get("state"), dict) and isinstance(meta.get("step"), int)):
-        raise ValueError(f"{file}: corrupted checkpoint metadata (expected step and state)")
-    return meta
+        return read_checked(file, CHECKPOINT_STATE)
+    except ValueError as err:
+        detail = str(err).removeprefix(f"{file}: ")
+        raise ValueError(f"{file}: corrupted checkpoint metadata ({detail})") from None
 
 
 def rewind_to(run_dir: str | Path, folder: str | Path) -> None:
@@ -189,7 +216,8 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy global generator is always MT19937
     tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64))}
     tensors.update({f"gen.{k}": g.get_state() for k, g in generators.items()})
     if torch.cuda.is_available():

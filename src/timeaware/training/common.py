@@ -6,24 +6,27 @@ Loops run on Hugging Face accelerate, so the same code runs on one CPU, one GPU,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..io import atomic_write_text, dumps
+from ..metadata import METRICS_RECORD, parse_record
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
-def make_accelerator(cpu: bool | None = None, **kwargs: Any):
+def make_accelerator(cpu: bool | None = None, **kwargs: Any) -> Accelerator:
     """An ``accelerate.Accelerator``, on the CPU when no GPU is present, checked against the launcher.
 
     accelerate can silently run independent copies when its process group is not set up; we fail
@@ -54,6 +57,17 @@ def check_int(name: str, value: Any, low: int) -> None:
     """An integer (not a bool) >= ``low``, else a one-line ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {low}")
+
+
+def check_type(name: str, value: Any, allowed: Any) -> None:
+    """A one-line TypeError naming the argument when ``value`` is not an instance of ``allowed``."""
+    if not isinstance(value, allowed) or (isinstance(value, bool) and allowed in (int, float)):
+        raise TypeError(f"{name} must be {_type_names(allowed)}, not {type(value).__name__} ({str(value)[:40]!r})")
+
+
+def _type_names(allowed: Any) -> str:
+    parts = getattr(allowed, "__args__", None) or (allowed if isinstance(allowed, tuple) else (allowed,))
+    return " or ".join(getattr(t, "__name__", str(t)) for t in parts)
 
 
 def is_main_process() -> bool:
@@ -97,11 +111,8 @@ class MetricsLog:
         if not (self.enabled and self.path.is_file()):
             return
         keep = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get(key, 0) <= value:
+        for number, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            rec = parse_record(line, METRICS_RECORD, f"{self.path}, line {number}")
+            if rec is not None and rec.get(key, 0) <= value:  # None: a line torn by a crash
                 keep.append(line)
         atomic_write_text(self.path, "".join(f"{line}\n" for line in keep))

@@ -1,54 +1,44 @@
-"""Users' own models, from where they keep them, and how to call them with (x, t).
+"""Users' own models, from where they keep them: diffusers folders and configs, timeaware runs, import paths.
 
-A model *spec* is one of:
+A MODEL is one of:
 
-* a diffusers folder (``config.json`` with ``_class_name``; weights from ``save_pretrained`` if present)
-  or a diffusers ``config.json`` file: built offline, never downloaded;
+* a diffusers folder (``config.json`` with ``_class_name``; safetensors weights from ``save_pretrained`` if
+  present) or a diffusers ``config.json`` file: built offline, never downloaded;
 * a timeaware run or checkpoint folder: a DDPM run's U-Net (EMA weights) or a NODE run's ODE function;
-* an import path ``package.module:factory`` whose factory returns an ``nn.Module`` (keyword strings
-  from the CLI's ``--set key=value`` are passed to it).
+* an import path ``package.module:factory`` whose factory returns an ``nn.Module``: the user's own code,
+  imported and called because the user typed it (keyword strings from ``--set key=value`` go to it).
 
 ``load_model`` also returns a JSON *record* from which ``build_base`` rebuilds the same model, so a
-fixed model can be saved as weights plus a recipe.
+fixed model can be saved as weights plus a recipe. A record read from a file is data: ``build_base``
+imports and calls the factory it names only with ``trust_code=True`` (the ``trust_remote_code`` rule).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from .embeddings import sinusoidal_features
-from .io import load_tensors, read_json
+from ..io import load_tensors, read_json
+from ..metadata import check_diffusers_config
 
-CallFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def is_model_path(spec: str) -> bool:
-    """Whether a spec names a diffusers folder or config file rather than an import path."""
-    return spec.endswith(".json") or Path(spec).is_dir()
-
-
-def parse_pairs(pairs: list[str]) -> dict[str, str]:
-    """``["k=v", ...]`` → ``{"k": "v"}``; a one-line error for anything else."""
-    kwargs = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key.isidentifier():
-            raise ValueError(f"--set {pair!r} is not of the form key=value")
-        kwargs[key] = value
-    return kwargs
+    """Whether a spec names a folder or a config file rather than an import path."""
+    return spec.endswith(".json") or "/" in spec or Path(spec).exists()
 
 
 def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a spec names; returns it and the record ``build_base`` rebuilds it from."""
     if is_model_path(spec):
         path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"MODEL {spec}: no such file or folder")
         if path.is_dir() and ((path / "state.json").is_file() or (path / "checkpoints").is_dir()):
             if kwargs:
                 raise ValueError(f"--set {next(iter(kwargs))}=... is not allowed with the run folder {spec}: "
@@ -60,34 +50,52 @@ def load_model(spec: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Modu
         raise ValueError(f"MODEL {spec!r} is not allowed; give a diffusers folder or config.json, a timeaware run "
                          "folder, or an import path package.module:factory")
     record = {"kind": "factory", "target": spec, "kwargs": dict(kwargs or {})}
-    return build_base(record), record
+    return build_base(record, trust_code=True), record  # typed by the user: their own code
 
 
-def build_base(record: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from the record ``load_model`` returned."""
+def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str = "the recipe") -> nn.Module:
+    """Rebuild a model from the record ``load_model`` returned.
+
+    A ``factory`` record names code to import and call: refused unless ``trust_code`` (the record may
+    come from a folder someone else wrote). ``source`` names that file in the refusal.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: the model record must be a JSON object, not {type(record).__name__}")
     if record.get("kind") == "diffusers":
         import diffusers
 
         cls = getattr(diffusers, str(record.get("class")), None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ValueError(f"diffusers has no model class {record.get('class')!r}")
-        return cls.from_config(record["config"])
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+            raise ValueError(f"{source}: diffusers has no model class {record.get('class')!r}; allowed: a diffusers "
+                             "model such as UNet2DModel, UNet2DConditionModel, UNet1DModel, DiTTransformer2DModel")
+        if not isinstance(record.get("config"), dict):
+            raise ValueError(f"{source}: the diffusers config must be a JSON object")
+        # types, ranges, and whether the model fits in memory, with the class's defaults for absent fields
+        check_diffusers_config({**_init_defaults(cls), **record["config"]}, source)
+        try:
+            return cls.from_config(record["config"])
+        except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as err:
+            raise ValueError(f"{source}: {record.get('class')} cannot be built from this config "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     if record.get("kind") == "timeaware-unet":
-        from .diffusion.unet import UNet, UNetConfig
+        from ..diffusion.unet import UNet, UNetConfig
 
         return UNet(UNetConfig.from_dict(record["config"]))
     if record.get("kind") == "timeaware-node-func":
-        from .config import TimeAware
-        from .node.func import ODEFunc
+        from ..config import TimeAware
+        from ..node.func import ODEFunc
 
-        func = ODEFunc(record["channels"], TimeAware.from_dict(record["config"]), time=record["time"],
-                       size=tuple(record["size"]))
-        func.time_range = (0.0, float(record.get("t1", 1.0)))
-        return func
+        return ODEFunc(record["channels"], TimeAware.from_dict(record["config"]), time=record["time"],
+                       size=tuple(record["size"]), t1=float(record.get("t1", 1.0)))
     if record.get("kind") != "factory":
         raise ValueError(f"unknown model record kind {record.get('kind')!r}; expected diffusers, factory, "
                          "timeaware-unet or timeaware-node-func")
-    spec, kwargs = record["target"], record.get("kwargs", {})
+    spec, kwargs = record.get("target"), record.get("kwargs", {})
+    if not trust_code:
+        raise ValueError(f"{source}: refusing to import and call {spec!r}, code named in a file; pass "
+                         "trust_code=True (--trust-code) only if you trust where it came from")
+    if not isinstance(spec, str) or not isinstance(kwargs, dict):
+        raise ValueError(f"{source}: a factory record needs a target string and a kwargs object")
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -105,14 +113,27 @@ def build_base(record: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _init_defaults(cls: type) -> dict[str, Any]:
+    """A diffusers class's constructor defaults (what ``from_config`` uses for fields a config leaves out)."""
+    params = inspect.signature(cls).parameters.values()
+    return {p.name: list(p.default) if isinstance(p.default, tuple) else p.default for p in params
+            if p.default is not inspect.Parameter.empty
+            and isinstance(p.default, (int, float, str, tuple, list, type(None)))}
+
+
 def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     config_file = path / "config.json" if path.is_dir() else path
     config = read_json(config_file)
     if not isinstance(config, dict) or "_class_name" not in config:
         raise ValueError(f"{config_file}: not a diffusers config (it has no _class_name)")
     record = {"kind": "diffusers", "class": config["_class_name"], "config": config}
-    model = build_base(record)
     weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    pickled = sorted(p for p in path.glob("*") if p.suffix in PICKLE_WEIGHTS) if path.is_dir() else []
+    if pickled and not weights:
+        raise ValueError(f"{pickled[0]}: pickle weights are never loaded (unpickling can run code); convert them to "
+                         "safetensors where you trust them (diffusers: model.save_pretrained(folder, "
+                         "safe_serialization=True)) or pass the config.json alone for random weights")
+    model: Any = build_base(record, source=str(config_file))  # a diffusers ModelMixin (untyped)
     if weights:
         try:
             model.load_state_dict(load_tensors(weights[0]))
@@ -123,12 +144,12 @@ def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """A timeaware DDPM run's U-Net (EMA weights) or NODE run's ODE function, from its latest checkpoint."""
-    from .training import find_checkpoint, load_checkpoint, read_checkpoint_state
+    from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
 
     found = find_checkpoint(path)
     state = read_checkpoint_state(found)["state"]
     if "unet" in state:
-        from .diffusion.sampling import load_model as load_unet
+        from ..diffusion.sampling import load_model as load_unet
 
         return load_unet(found, device="cpu")[0], {"kind": "timeaware-unet", "config": state["unet"]}
     if "config" not in state:
@@ -136,8 +157,8 @@ def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if "input_shape" not in state:
         raise ValueError(f"{found}: this NODE checkpoint does not record its input shape (written before 2026-12-03); "
                          "train it again, or audit its ODE function through an import path")
-    from .node.model import NodeClassifier, state_size
-    from .node.run_config import NodeRunConfig
+    from ..node.model import NodeClassifier, state_size
+    from ..node.run_config import NodeRunConfig
 
     cfg = NodeRunConfig.from_dict(state["config"])
     image_channels, h, w = state["input_shape"]
@@ -149,37 +170,3 @@ def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return classifier.block.func.eval(), record
 
 
-def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """(C, H, W) of one input when the model says it (``input_shape``, a diffusers ``sample_size``), else None."""
-    shape = getattr(model, "input_shape", None)
-    if shape is not None:
-        return tuple(shape)
-    config = getattr(model, "config", None)
-    size = getattr(config, "sample_size", None)
-    if size is None or getattr(config, "in_channels", None) is None:
-        return None
-    return (config.in_channels, *((size, size) if isinstance(size, int) else size))
-
-
-def detect_call(model: nn.Module) -> str | CallFn:
-    """How to call a model with (x, t).
-
-    "tx" for torchdiffeq-style ``forward(t, x)``; "xt" for ``model(x, t)``; for a block that takes a
-    time embedding (diffusers' ``ResnetBlock2D``), a call feeding it sinusoidal features of t.
-    """
-    proj = getattr(model, "time_emb_proj", None)
-    if isinstance(proj, nn.Linear):
-        dim = proj.in_features
-        return lambda m, x, t: m(x, sinusoidal_features(t.float(), dim).to(x.dtype))
-    params = list(inspect.signature(model.forward).parameters)
-    return "tx" if params and params[0] in ("t", "time", "ts") else "xt"
-
-
-def default_timesteps(model: nn.Module, k: int = 8) -> torch.Tensor:
-    """K integer diffusion steps for diffusion models (diffusers', or one with ``num_train_timesteps``),
-    else K values of t over the model's ``time_range`` (an ODE function's interval), else [0, 1]."""
-    steps = getattr(model, "num_train_timesteps", None)
-    if steps is not None or type(model).__module__.startswith("diffusers"):
-        steps = int(steps or getattr(getattr(model, "config", None), "num_train_timesteps", None) or 1000)
-        return torch.linspace(0, steps - 1, k).round().long()
-    return torch.linspace(*getattr(model, "time_range", (0.0, 1.0)), k)

@@ -1,0 +1,254 @@
+"""How a time-dependent model is called: the one description the audit, the site tracer, ``fix`` and the CLI share.
+
+A ``ModelCall`` says where x and t go (``model(x, t)``, ``model(t, x)``, t by keyword, t set as an
+attribute as torchdyn's ``DepthCat`` reads it, t concatenated to x, or a block that takes a timestep
+embedding), whether t is one scalar per call or one value per sample, the time domain, the shape of
+one input, and the extra inputs a model needs (text embeddings, class labels). Models may state their
+own by defining ``timeaware_call()``; ``timeaware.specs.describe`` detects it for everything else.
+It is plain data: it round-trips through JSON and never names code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .embeddings import TimeDomain, sinusoidal_features
+
+CONVENTIONS = ("xt", "tx", "attr", "concat", "embedding")
+INPUT_KINDS = ("normal", "labels", "tensor")
+MODES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Input:
+    """An extra input, per sample: random normal values of ``shape``, integer labels in [0, high), or a given tensor."""
+
+    shape: tuple[int, ...] = ()
+    kind: str = "normal"
+    high: int = 0
+    value: torch.Tensor | None = field(default=None, compare=False, repr=False)  # kind="tensor": (N, ...) or (...)
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"input kind {self.kind!r} is not allowed; choose one of {', '.join(INPUT_KINDS)}")
+        object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
+        if any(v <= 0 for v in self.shape):
+            raise ValueError(f"input shape {self.shape} is not allowed; sizes must be positive")
+        if self.kind == "labels" and self.high < 1:
+            raise ValueError(f"labels need a number of classes >= 1, not {self.high}")
+        if self.kind == "tensor" and not isinstance(self.value, torch.Tensor):
+            raise ValueError("an input of kind 'tensor' needs its value")
+
+    def make(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """N rows of this input (a given tensor of one sample is repeated)."""
+        if self.kind == "labels":
+            return torch.randint(0, self.high, (n, *self.shape), generator=generator)
+        if self.kind == "normal":
+            return torch.randn(n, *self.shape, generator=generator)
+        value = self.value
+        assert value is not None
+        if value.ndim and value.shape[0] == n and tuple(value.shape[1:]) == self.shape:
+            return value
+        return value.expand(n, *value.shape).clone()
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "tensor":
+            raise ValueError("an input given as a tensor is not recorded; save it beside the model instead")
+        return {"shape": list(self.shape), "kind": self.kind, "high": self.high}
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """How to call a model with (x, t) and what to feed it.
+
+    convention    xt: ``model(x, t)`` (t by keyword when ``time_arg`` is set); tx: torchdiffeq's ``model(t, x)``;
+                  attr: ``model(x)`` after setting ``.t`` on every submodule that has one (torchdyn);
+                  concat: ``model(cat([x, t], concat_dim))`` (torchcfm's MLP); embedding: ``model(x, emb)``
+                  with sinusoidal features of t, ``embedding_dim`` wide (a block taking a time embedding)
+    time_arg      the keyword t is passed by (``timestep``, ``time``, ``noise_labels`` …), or None: positional
+    scalar_time   t is one 0-d value per call (an ODE solver's); the audit then calls once per t
+    domain        integer steps, a continuous interval or a noise level σ (``TimeDomain``)
+    input_shape   one input's shape, any rank (None: unknown, must be given)
+    extras        keyword inputs besides x and t: name → ``Input``
+    mode          the norms' mode in which the model is used: eval (sampling) or train (an ODE solve in training)
+    """
+
+    convention: str = "xt"
+    time_arg: str | None = None
+    scalar_time: bool = False
+    domain: TimeDomain = field(default_factory=TimeDomain)
+    input_shape: tuple[int, ...] | None = None
+    extras: tuple[tuple[str, Input], ...] = ()
+    embedding_dim: int | None = None
+    concat_dim: int = 1
+    mode: str = "eval"
+
+    def __post_init__(self) -> None:
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"call {self.convention!r} is not allowed; choose one of {', '.join(CONVENTIONS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not allowed; choose one of {', '.join(MODES)}")
+        if isinstance(self.extras, dict):
+            object.__setattr__(self, "extras", tuple(self.extras.items()))
+        if self.input_shape is not None:
+            shape = tuple(int(v) for v in self.input_shape)
+            if not shape or any(v <= 0 for v in shape):
+                raise ValueError(f"input shape {self.input_shape} is not allowed; give positive sizes, e.g. 3,32,32")
+            object.__setattr__(self, "input_shape", shape)
+        if self.convention == "embedding" and not (self.embedding_dim and self.embedding_dim >= 4):
+            raise ValueError("call 'embedding' needs embedding_dim >= 4 (the width of the block's time embedding)")
+
+    def replace(self, **changes: Any) -> ModelCall:
+        return replace(self, **changes)
+
+    @property
+    def inputs(self) -> dict[str, Input]:
+        return dict(self.extras)
+
+    @property
+    def name(self) -> str:
+        """Short words for reports: how t is passed."""
+        where = {"xt": f"model(x, {self.time_arg}=t)" if self.time_arg else "model(x, t)", "tx": "model(t, x)",
+                 "attr": "model.<m>.t = t; model(x)", "concat": "model(cat[x, t])",
+                 "embedding": "model(x, sinusoidal(t))"}[self.convention]
+        return where + (", scalar t" if self.scalar_time else "")
+
+    def timesteps(self, k: int) -> torch.Tensor:
+        return self.domain.grid(k)
+
+    def example(self, n: int, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """N random inputs and their extra inputs, from one seeded generator."""
+        if self.input_shape is None:
+            raise ValueError("the input shape is unknown; give it (--input-shape, e.g. 3,32,32 or 2,64)")
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, *self.input_shape, generator=gen)
+        return x, {name: spec.make(n, gen) for name, spec in self.extras}
+
+    def invoke(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+               extras: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``model`` called on x with t of shape (B,) as this description says; returns the output tensor."""
+        extras = dict(extras or {})
+        tt: torch.Tensor = t[0] if self.scalar_time else t
+        if self.scalar_time and t.numel() > 1 and not bool((t == t[0]).all()):
+            raise ValueError("this model takes one scalar t per call; a batch with several t cannot be passed at once")
+        if self.convention == "tx":
+            out = model(tt, x, **extras)
+        elif self.convention == "attr":
+            holders = [m for m in model.modules() if _holds_time(m)]
+            for module in holders:
+                module.t = tt
+            try:
+                out = model(x, **extras)
+            finally:  # keep the value, not the graph: the model stays copyable
+                for module in holders:
+                    module.t = tt.detach()
+        elif self.convention == "concat":
+            shape = list(x.shape)
+            shape[self.concat_dim] = 1
+            column = t.to(x.dtype).view(-1, *([1] * (x.ndim - 1))).expand(shape)
+            out = model(torch.cat([x, column], dim=self.concat_dim), **extras)
+        elif self.convention == "embedding":
+            assert self.embedding_dim is not None
+            emb = sinusoidal_features(t.float(), self.embedding_dim).to(x.dtype)
+            out = model(x, emb, **extras)
+        elif self.time_arg:
+            out = model(x, **{self.time_arg: tt}, **extras)
+        else:
+            out = model(x, tt, **extras)
+        return output_tensor(out)
+
+    def time_from_call(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """The t (or, for ``embedding``, the time embedding) of a call ``model(*args, **kwargs)``, as this
+        description routes it; None when it is not there (a positional map then refuses to guess)."""
+        if self.convention == "attr":
+            found = next((vars(m)["t"] for m in model.modules() if _holds_time(m) and vars(m)["t"] is not None), None)
+            return None if found is None else torch.as_tensor(found)
+        if self.convention == "concat":
+            x = args[0] if args else None
+            return x.select(self.concat_dim, -1).reshape(x.shape[0], -1)[:, 0] if isinstance(x, torch.Tensor) else None
+        if self.convention == "tx":
+            found = args[0] if args else kwargs.get("t")
+        elif self.convention == "embedding" or not self.time_arg:
+            found = args[1] if len(args) > 1 else None
+        else:
+            try:
+                found = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments.get(self.time_arg)
+            except TypeError:
+                found = kwargs.get(self.time_arg)
+        if found is None:
+            return None
+        return torch.as_tensor(found)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["domain"] = self.domain.to_dict()
+        data["extras"] = {name: spec.to_dict() for name, spec in self.extras}
+        data["input_shape"] = list(self.input_shape) if self.input_shape else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelCall:
+        """Rebuild from ``to_dict``; every field is checked (this may come from a file someone else wrote)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a model call must be a JSON object, not {type(data).__name__}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model call field {unknown[0]!r}; allowed: {', '.join(sorted(known))}")
+        data = dict(data)
+        if "domain" in data:
+            data["domain"] = TimeDomain.from_dict(data["domain"])
+        extras = data.get("extras") or {}
+        if not isinstance(extras, dict):
+            raise ValueError("model call extras must be an object name → {shape, kind, high}")
+        data["extras"] = tuple((str(k), Input(**_input_fields(v))) for k, v in extras.items())
+        for key, kind in (("time_arg", str), ("embedding_dim", int), ("concat_dim", int), ("scalar_time", bool)):
+            value = data.get(key)
+            if value is not None and (type(value) is not kind):
+                raise ValueError(f"model call {key}={value!r} is not allowed; expected {kind.__name__}")
+        return cls(**data)
+
+
+def _input_fields(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) - {"shape", "kind", "high"}:
+        raise ValueError(f"extra input {value!r} is not allowed; give {{shape, kind, high}}")
+    shape = value.get("shape", [])
+    if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+        raise ValueError(f"extra input shape {shape!r} is not allowed; give a list of positive integers")
+    high = value.get("high", 0)
+    if isinstance(high, bool) or not isinstance(high, int):
+        raise ValueError(f"extra input high={high!r} is not allowed; give an integer")
+    return {"shape": tuple(shape), "kind": value.get("kind", "normal"), "high": high}
+
+
+def _holds_time(module: nn.Module) -> bool:
+    """A submodule that reads t from its own ``.t`` attribute (torchdyn's ``DepthCat`` convention)."""
+    return "t" in vars(module) and not isinstance(vars(module)["t"], nn.Module)
+
+
+def output_tensor(out: Any) -> torch.Tensor:
+    """The tensor a model returned: itself, the first of a tuple, or diffusers' ``.sample``."""
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    out = getattr(out, "sample", out)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model returned {type(out).__name__}; a tensor, a tuple starting with one, or an "
+                         "object with a .sample tensor is needed")
+    return out
+
+
+def as_call(call: str | ModelCall | None) -> ModelCall:
+    """A ModelCall from one (returned as is) or from a convention name ("xt", "tx", …)."""
+    if isinstance(call, ModelCall):
+        return call
+    if call is None:
+        return ModelCall()
+    if call not in CONVENTIONS:
+        raise ValueError(f"call={call!r} is not allowed; choose one of {', '.join(CONVENTIONS)} or a ModelCall")
+    return ModelCall(convention=call)
+

@@ -1,0 +1,160 @@
+"""Metadata read from disk, checked for types and ranges before use: one loader, one error naming file and field.
+
+A ``state.json`` with a string epoch, a list where a config belongs or a negative step, a classifier file
+with other keys, a ``metrics.jsonl`` line of the wrong shape, a diffusers config whose sizes are not
+positive integers: each gives ``FILE: field a.b: <what is wrong>`` instead of failing deep inside
+training, sampling or model construction. The schemas are JSON Schema (checked by ``jsonschema``), with
+``integer`` meaning a JSON integer (not 1.0, not true).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from .io import read_json
+from .resources import FLOAT, check_memory, unet_size
+
+_INT = {"type": "integer"}
+_POS = {"type": "integer", "minimum": 1}
+_NONNEG = {"type": "integer", "minimum": 0}
+_NUMBER = {"type": "number"}
+_SIZE = {"type": "integer", "minimum": 1, "maximum": 1 << 20}  # a width, an image side, a count of blocks
+
+UNET_CONFIG = {
+    "type": "object",
+    "properties": {"image_size": _SIZE, "in_channels": _SIZE, "channels": _SIZE, "num_res_blocks": _SIZE,
+                   "channel_mult": {"type": "array", "items": _SIZE, "minItems": 1, "maxItems": 16},
+                   "attn_resolutions": {"type": "array", "items": _POS},
+                   "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                   "time": {"type": "object"}},
+}
+CHECKPOINT_STATE = {
+    "type": "object",
+    "required": ["step", "state"],
+    "properties": {
+        "step": _NONNEG,
+        "modules": {"type": "array", "items": {"type": "string"}},
+        "optimizer": {"type": "object", "required": ["param_groups", "plain"],
+                      "properties": {"param_groups": {"type": "array", "items": {"type": "object"}},
+                                     "plain": {"type": "object"}}},
+        "scheduler": {"type": "object"},
+        "rng": {"type": "object", "required": ["numpy", "python"],
+                "properties": {"numpy": {"type": "array", "minItems": 4, "maxItems": 4},
+                               "python": {"type": "array", "minItems": 3, "maxItems": 3}}},
+        "state": {
+            "type": "object",
+            "properties": {
+                # NODE runs
+                "epoch": _NONNEG,
+                "best": _NUMBER,
+                "config": {"type": "object"},
+                "metrics": {"type": "object", "properties": {"best_test_acc": {"type": "number", "minimum": 0},
+                                                             "wall_time": {"type": "number", "minimum": 0}}},
+                "input_shape": {"type": "array", "items": _SIZE, "minItems": 3, "maxItems": 3},
+                "num_classes": _SIZE,
+                # DDPM runs
+                "unet": UNET_CONFIG,
+                "train": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}},
+                "schedule": {"type": "object"},
+                "processes": _POS,
+                "loss": {"type": ["number", "null"]},
+            },
+        },
+    },
+}
+METRICS_RECORD = {"type": "object", "properties": {"epoch": _NONNEG, "step": _NONNEG}}
+CLASSIFIER_INFO = {
+    "type": "object",
+    "required": ["config", "data", "image_shape", "test_accuracy"],
+    "properties": {
+        "config": {"type": "object", "required": ["in_channels", "num_classes", "width"],
+                   "additionalProperties": False,
+                   "properties": {"in_channels": {**_POS, "maximum": 64},
+                                  "width": {**_POS, "maximum": 4096, "multipleOf": 8},
+                                  "num_classes": {**_POS, "maximum": 100_000}}},
+        "data": {"type": "string"},
+        "image_shape": {"type": "array", "items": _SIZE, "minItems": 3, "maxItems": 3},
+        "test_accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+_INT_OR_INTS = {"anyOf": [_SIZE, {"type": "array", "items": _SIZE, "minItems": 1}]}
+_OPTIONAL_INT_OR_INTS = {"anyOf": [{"type": "null"}, _INT_OR_INTS]}
+DIFFUSERS_CONFIG = {
+    "type": "object",
+    "required": ["_class_name"],
+    "properties": {
+        "_class_name": {"type": "string"},
+        "sample_size": {"anyOf": [{"type": "null"}, _SIZE, {"type": "array", "items": _SIZE, "minItems": 2,
+                                                              "maxItems": 2}]},
+        "in_channels": _SIZE, "out_channels": _SIZE,
+        "block_out_channels": {"type": "array", "items": _SIZE, "minItems": 1, "maxItems": 16},
+        "layers_per_block": _INT_OR_INTS,
+        "norm_num_groups": {"anyOf": [{"type": "null"}, _SIZE]},
+        "attention_head_dim": _OPTIONAL_INT_OR_INTS,
+        "cross_attention_dim": _OPTIONAL_INT_OR_INTS,
+        "down_block_types": {"type": "array", "items": {"type": "string"}},
+        "up_block_types": {"type": "array", "items": {"type": "string"}},
+        "act_fn": {"type": "string"},
+        "flip_sin_to_cos": {"type": "boolean"},
+        "freq_shift": _NUMBER,
+        "dropout": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+
+def check(value: Any, schema: dict[str, Any], source: str | Path) -> Any:
+    """``value`` when it fits ``schema``, else a one-line ``ValueError`` naming ``source`` and the field."""
+    error = _best_error(value, schema)
+    if error is None:
+        return value
+    field = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+    raise ValueError(f"{source}: field {field}: {message}")
+
+
+def read_checked(path: str | Path, schema: dict[str, Any]) -> Any:
+    """A JSON file, checked against ``schema``."""
+    return check(read_json(path), schema, path)
+
+
+def parse_record(line: str, schema: dict[str, Any], source: str) -> Any:
+    """One JSONL line checked against ``schema``; None for a torn line (a crash mid-append), which readers skip."""
+    try:
+        value = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return check(value, schema, source)
+
+
+def check_diffusers_config(config: Any, source: str | Path) -> dict[str, Any]:
+    """A diffusers ``config.json``'s common fields checked for types and ranges, and the model it describes
+    (built, and run on one sample) checked to fit in memory: ``block_out_channels`` [1000000] needs terabytes."""
+    check(config, DIFFUSERS_CONFIG, source)
+    widths = config.get("block_out_channels")
+    if widths:
+        blocks = config.get("layers_per_block", 2)
+        size = config.get("sample_size") or 64
+        params, activations = unet_size(widths, max(blocks) if isinstance(blocks, list) else blocks,
+                                        max(size) if isinstance(size, list) else size, config.get("in_channels", 3))
+        check_memory(params * FLOAT + activations, f"{source}: a model of about {params:,} parameters run on one "
+                     "sample")
+    return config
+
+
+def _best_error(value: Any, schema: dict[str, Any]) -> Any:
+    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+
+    return best_match(_validator_class()(schema).iter_errors(value))
+
+
+@functools.cache
+def _validator_class() -> Any:
+    """JSON Schema 2020-12 where ``integer`` is a JSON integer only (1.0 would pass the standard check)."""
+    from jsonschema import Draft202012Validator, validators  # type: ignore[import-untyped]
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    return validators.extend(Draft202012Validator, type_checker=checker)

@@ -1,0 +1,217 @@
+"""Detect how a model is called (``ModelCall``) from what it states, its diffusers config, or its forward signature.
+
+Order of evidence: a model's own ``timeaware_call()``; a diffusers model's config (cross-attention →
+``encoder_hidden_states``, class embeddings / ``num_embeds_ada_norm`` → labels, a Fourier σ embedding →
+a σ domain, 1-D models → (C, L)); otherwise ``forward``'s parameter names (``forward(t, x)`` of
+torchdiffeq/torchdyn, ``forward(x, time)`` of lucidrains / ADM, ``forward(x, temb)`` of a block taking
+a time embedding, ``forward(x)`` with torchdyn's ``DepthCat`` or t concatenated to x). Every part can
+be overridden by the caller; a call that still fails says which argument the model wanted.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calling import Input, ModelCall, _holds_time
+from ..embeddings import UNIT_INTERVAL, TimeDomain
+
+TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "sigma", "sigmas", "noise_labels", "noise_level",
+              "noise_levels", "c_noise", "noise_cond")
+SIGMA_NAMES = ("sigma", "sigmas", "noise_level", "noise_levels")
+EMBEDDING_NAMES = ("temb", "emb", "time_emb", "t_emb", "time_embedding")
+LABEL_NAMES = ("y", "class_labels", "labels", "classes", "label", "cond_labels")
+DIFFUSION_STEPS = TimeDomain("steps", 0, 999)
+EDM_SIGMAS = TimeDomain("sigma", 0.002, 80.0)
+
+
+def describe(model: nn.Module, **overrides: Any) -> ModelCall:
+    """How to call ``model`` with (x, t); ``overrides`` replace detected fields (``ModelCall``'s names)."""
+    stated = getattr(model, "timeaware_call", None)
+    call = stated() if callable(stated) else _diffusers(model) or _from_signature(model)
+    return call.replace(**{k: v for k, v in overrides.items() if v is not None}) if overrides else call
+
+
+def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _from_signature(model: nn.Module) -> ModelCall:
+    params = forward_parameters(model)
+    names = [p.name for p in params]
+    if names and names[0] in TIME_NAMES and len(names) >= 2:  # torchdiffeq / torchdyn / torchcfm wrappers
+        return ModelCall(convention="tx", scalar_time=True, domain=UNIT_INTERVAL,  # an ODE solver passes 0-d t
+                         input_shape=guess_input_shape(model), extras=_labels(model, names[2:]))
+    time_arg = next((n for n in names[1:] if n in TIME_NAMES), None)
+    if time_arg is not None:
+        return ModelCall(convention="xt", time_arg=time_arg, domain=_domain_for(time_arg),
+                         input_shape=guess_input_shape(model), extras=_labels(model, names))
+    emb_arg = next((n for n in names[1:] if n in EMBEDDING_NAMES), None)
+    if emb_arg is not None:
+        return ModelCall(convention="embedding", embedding_dim=_embedding_dim(model), domain=DIFFUSION_STEPS,
+                         input_shape=guess_input_shape(model))
+    required = [p.name for p in params if p.default is inspect.Parameter.empty]
+    if len(required) <= 1:
+        if any(_holds_time(m) for m in model.modules()):  # torchdyn: DepthCat reads its .t, set 0-d by DEFunc
+            return ModelCall(convention="attr", scalar_time=True, domain=UNIT_INTERVAL,
+                             input_shape=guess_input_shape(model))
+        shape = guess_input_shape(model)
+        dim = 1 if shape is not None and len(shape) > 1 else -1
+        if shape is not None:  # t is one of the first layer's input features/channels
+            shape = tuple(s - 1 if i == (0 if dim == 1 else len(shape) - 1) else s for i, s in enumerate(shape))
+        return ModelCall(convention="concat", concat_dim=dim, domain=UNIT_INTERVAL, input_shape=shape or None)
+    return ModelCall(convention="xt", domain=DIFFUSION_STEPS, input_shape=guess_input_shape(model),
+                     extras=_labels(model, names))
+
+
+def _domain_for(name: str) -> TimeDomain:
+    if name in SIGMA_NAMES:
+        return EDM_SIGMAS
+    if name in ("noise_labels", "c_noise", "noise_cond"):  # EDM's c_noise = ln(σ)/4 for σ in [0.002, 80]
+        return TimeDomain("continuous", -1.55, 1.1)
+    return DIFFUSION_STEPS
+
+
+def _labels(model: nn.Module, names: list[str]) -> tuple[tuple[str, Input], ...]:
+    """Random class labels for a class-conditional model (``num_classes`` set and a label argument)."""
+    classes = getattr(model, "num_classes", None)
+    name = next((n for n in names if n in LABEL_NAMES), None)
+    if name is None or isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        return ()
+    return ((name, Input(kind="labels", high=classes)),)
+
+
+def _embedding_dim(model: nn.Module) -> int:
+    """The width of the time embedding a block reads: the input of its first Linear on the embedding path."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and ("emb" in name or "time" in name):
+            return module.in_features
+    linear = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    if linear is None:
+        raise ValueError(f"{type(model).__name__} takes a time embedding but has no Linear layer to tell its width; "
+                         "give the call explicitly")
+    return linear.in_features
+
+
+SPATIAL = {1: (64,), 2: (32, 32), 3: (8, 16, 16)}
+
+
+def guess_input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """One input's shape from the model's first layer that says its width: a channel norm or a conv-like layer
+    (any module whose weight is a 3-D to 5-D kernel): (C, 32, 32), (C, 64) …; else the first Linear's (F,).
+    A guess (``probe`` also tries C - 1, for a t channel concatenated inside); ``--input-shape`` overrides it."""
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    linear: tuple[int, ...] | None = None
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) and isinstance(weight, torch.Tensor):
+            kernels = [int(w.ndim) for m in model.modules() if isinstance(w := getattr(m, "weight", None), torch.Tensor)
+                       and w.ndim >= 3]
+            return (int(weight.shape[0]), *SPATIAL[kernels[0] - 2]) if kernels else None
+        if isinstance(weight, torch.Tensor) and 3 <= weight.ndim <= 5 and not isinstance(module, nn.Embedding):
+            return (int(weight.shape[1]) * int(getattr(module, "groups", 1)), *SPATIAL[weight.ndim - 2])
+        if linear is None and isinstance(module, nn.Linear):
+            linear = (module.in_features,)
+    return linear
+
+
+def _diffusers(model: nn.Module) -> ModelCall | None:
+    """A diffusers model's call from its config; a diffusers block (``ResnetBlock2D``) takes an embedding."""
+    if not type(model).__module__.startswith("diffusers"):
+        return None
+    config = getattr(model, "config", None)
+    names = [p.name for p in forward_parameters(model)]
+    if config is None or "timestep" not in names:
+        proj = getattr(model, "time_emb_proj", None)
+        if isinstance(proj, nn.Linear):
+            return ModelCall(convention="embedding", embedding_dim=proj.in_features, domain=DIFFUSION_STEPS,
+                             input_shape=guess_input_shape(model))
+        return None
+    def get(key: str, default: Any = None) -> Any:
+        return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+    one_d = any(isinstance(m, nn.Conv1d) for m in model.modules()) and not any(
+        isinstance(m, nn.Conv2d) for m in model.modules())
+    channels, size = get("in_channels"), get("sample_size")
+    shape: tuple[int, ...] | None = None
+    if isinstance(channels, int) and size is not None:
+        if one_d:
+            shape = (channels, int(size))
+        else:
+            shape = (channels, *((size, size) if isinstance(size, int) else tuple(size)))
+    extras: dict[str, Input] = {}
+    if "encoder_hidden_states" in names and get("cross_attention_dim") is not None:
+        dim = get("cross_attention_dim")
+        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+        extras["encoder_hidden_states"] = Input(shape=(8, int(get("encoder_hid_dim") or dim)))
+    classes = get("num_class_embeds") or get("num_embeds_ada_norm")
+    ada_steps = get("norm_type") == "ada_norm" and get("num_embeds_ada_norm")
+    if "class_labels" in names and classes and not ada_steps:
+        extras["class_labels"] = Input(kind="labels", high=int(classes))
+    elif "class_labels" in names and get("class_embed_type") == "timestep":
+        extras["class_labels"] = Input(kind="labels", high=1000)
+    domain = DIFFUSION_STEPS
+    if ada_steps:  # AdaLayerNorm looks t up in an embedding table of num_embeds_ada_norm rows
+        domain = TimeDomain("steps", 0, int(ada_steps) - 1)
+    elif get("time_embedding_type") == "fourier":
+        log = getattr(getattr(model, "time_proj", None), "log", True)
+        domain = EDM_SIGMAS if log else UNIT_INTERVAL  # NCSN++ feeds log σ; UNet1D (Dance Diffusion) t in [0, 1]
+    elif get("num_train_timesteps"):
+        domain = TimeDomain("steps", 0, int(get("num_train_timesteps")) - 1)
+    return ModelCall(convention="xt", time_arg="timestep", domain=domain, input_shape=shape,
+                     extras=tuple(extras.items()))
+
+
+def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) -> ModelCall:
+    """Call the model once on small inputs; returns the call that worked (with ``guessed`` shapes, also the
+    one with a channel fewer: a t channel concatenated inside). A failure is one line saying what the model
+    wanted."""
+    shapes = [call.input_shape]
+    if guessed and call.input_shape and len(call.input_shape) > 1:  # also a channel fewer, smaller maps
+        c, space = call.input_shape[0], call.input_shape[1:]
+        smaller = [tuple(max(1, s // d) for s in space) for d in (1, 2, 4)]
+        shapes = list(dict.fromkeys((ch, *sp) for sp in smaller for ch in (c, c - 1) if ch >= 1))
+    first: BaseException | None = None
+    was = model.training
+    try:
+        model.train(call.mode == "train")
+        for shape in shapes:
+            trial = call.replace(input_shape=shape)
+            x, extras = trial.example(n)
+            try:
+                with torch.no_grad():
+                    trial.invoke(model, x, trial.timesteps(2)[:1].expand(n), extras)
+                return trial
+            except (TypeError, RuntimeError, ValueError, IndexError, KeyError, AssertionError) as err:
+                first = first or err  # the error of the shape as detected is the one to report
+    finally:
+        model.train(was)
+    shape = tuple(call.input_shape or ())
+    raise ValueError(f"calling {type(model).__name__} as {call.name} on inputs of shape {shape} failed: "
+                     f"{_first_line(first or RuntimeError())}; {_hint(model, call)}") from None
+
+
+def _hint(model: nn.Module, call: ModelCall) -> str:
+    params = forward_parameters(model)
+    given = {"x", *(name for name, _ in call.extras)}
+    missing = [p.name for p in params[1:] if p.default is inspect.Parameter.empty and p.name not in given
+               and p.name != call.time_arg]
+    if missing:
+        return f"its forward also wants {', '.join(repr(m) for m in missing)}: give it with --input NAME=SHAPE"
+    signature = ", ".join(p.name for p in params)
+    return (f"its forward is ({signature}); set --call, --time-arg, --input-shape or --input NAME=SHAPE "
+            "to match it")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
