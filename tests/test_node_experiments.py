@@ -25,7 +25,7 @@ def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkey
     for r in records:
         assert r["key"] == f"{r['setting']}/seed=0/quick/digits"
         assert 0 <= r["test_acc"] <= 100 and r["nfe_forward"] > 0 and r["nfe_backward"] > 0 and r["wall_time"] > 0
-        assert 0 <= r["time_share"] <= 1
+        assert 0 <= r["time_share"] <= 1 and 0 <= r["frozen_acc"] <= 100
         # the table's number is the interior (border-free) survival averaged over the norms after ConcatConv;
         # each norm's full-map survival is kept beside it under its own name
         after_time = [r["audit"][name] for name in ("norm2", "norm3")]
@@ -34,7 +34,7 @@ def test_node_norm_writes_results_and_table_and_skips_done_runs(tmp_path, monkey
     survival = {r["setting"]: r["interior_survival_mean"] for r in records}
     assert survival["BN"] < min(survival["GN"], survival["GN + positional"])  # BN cancels the offset (not the edge)
     assert (tmp_path / "table.md").read_text() == table
-    assert "| BN | 1 |" in table and "91.11" in table and "NFE-B" in table
+    assert "| BN | 1 |" in table and "91.11" in table and "NFE-B" in table and "accuracy, t ≡ T/2 (%)" in table
     header = table.splitlines()[2]
     assert "interior survival (mean)" in header and "accuracy (%) (paper, CIFAR-10 full scale)" in header
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "evaluate": "timeaware.diffusion.evaluate_cli",
     "reproduce": "timeaware.experiments.cli",
     "fix": "timeaware.repair.cli",
+    "time-use": "timeaware.experiments.time_use",
 }
 
 # command -> (argument, kind) of the path it writes, checked before the command runs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,25 +51,29 @@ EVAL = {"quick": {"num": 512, "sampler": "ddim", "steps": 50},
 
 def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, overrides: tuple[str, ...] = (),
                evaluation: dict[str, Any] | None = None, progress: bool = True,
-               executor: Executor | None = None) -> str:
+               executor: Executor | None = None, rows: dict[str, list[str]] | None = None,
+               extra: Callable[[torch.nn.Module, Any], dict[str, Any]] | None = None) -> str:
     """Train, sample, score and audit every row × seed into ``out`` on ``executor`` (default: here, one by
     one); returns the table (also table.md).
 
     ``overrides`` are ``--set`` pairs applied to every row; ``evaluation`` changes ``EvalSettings`` fields
     of the preset's protocol (num, sampler, steps, classifier_steps): both are for smaller smoke runs.
+    ``rows`` replaces ``ROWS``; ``extra(model, train_config)`` adds fields to each run's record (other sweeps
+    built on this one, e.g. time use); it must pickle like the cells (a module-level function or a partial).
     """
     from ..diffusion.train import preset as make_preset
 
     out = Path(out)
     started = time.perf_counter()
     cells = []
-    for row, changes in ROWS.items():
+    for row, changes in (rows or ROWS).items():
         for seed in range(seeds):
             unet_cfg, cfg = make_preset(preset, [*changes, *overrides, f"seed={seed}"], data=data)
             slug = f"{row.strip('+').replace(' ', '-')}-s{seed}"
             key = f"{row}/seed{seed}"
             cells.append(Cell(key, {"unet": unet_cfg.to_dict(), "train": cfg.to_dict()},
-                              partial(train_and_score, unet_cfg, cfg, out, slug, preset, evaluation, progress, key),
+                              partial(train_and_score, unet_cfg, cfg, out, slug, preset, evaluation, progress, key,
+                                      extra),
                               {"setting": row, "seed": seed, "changes": changes}))
     store = run_sweep(out, cells, executor, name="ddpm-fixes", progress=progress)
     table = render_table(store.records([c.key for c in cells]), preset, time.perf_counter() - started)
@@ -77,8 +82,10 @@ def ddpm_fixes(preset: str, seeds: int, out: Path, data: str | None, *, override
 
 
 def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
-                    evaluation: dict[str, Any] | None, progress: bool, key: str) -> dict[str, Any]:
-    """One cell: train ``out/runs/slug`` (resuming its latest checkpoint), sample, score, grid and audit it."""
+                    evaluation: dict[str, Any] | None, progress: bool, key: str,
+                    extra: Callable[[torch.nn.Module, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One cell: train ``out/runs/slug`` (resuming its latest checkpoint), sample, score, grid and audit it;
+    ``extra(model, cfg)``'s fields join the record."""
     from ..diffusion.evaluate import EvalSettings, evaluate
     from ..diffusion.sampling import grid, load_model, save_png
     from ..diffusion.train import train
@@ -98,7 +105,8 @@ def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
     audit = audit_model(model, samples[:8] * 2 - 1, out / "audits" / slug)
     record: dict[str, Any] = {"loss": summary["loss"], "train_s": t1 - t0, "eval_s": time.perf_counter() - t1,
                               "scores": scores,
-                              "interior_survival_mean": audit.get("interior_survival_mean")}
+                              "interior_survival_mean": audit.get("interior_survival_mean"),
+                              **(extra(model, cfg) if extra else {})}
     for score in scores:
         record[score["metric"].lower().replace("-", "_")] = score["value"]
     return record

@@ -2,10 +2,10 @@
 
 Each experiment is a sweep of cells, one run per (setting, seed) with ``timeaware.node.train_classifier``,
 on the executor given (this process by default; see ``sweep.py``). A cell records its accuracy, NFE-F,
-NFE-B, the audit of the ODE function's norms and its wall time in ``OUT/cells/``; the sweep merges them
-into ``OUT/results.jsonl`` and writes ``OUT/table.md`` with mean ± std over seeds beside the paper's
-CIFAR-10 numbers. Done cells are skipped and a run interrupted mid-way resumes from its own checkpoint
-(``OUT/runs/...``), so an interrupted sweep continues where it stopped.
+NFE-B, the audit of the ODE function's norms, its accuracy with t frozen at T/2 and its wall time in
+``OUT/cells/``; the sweep merges them into ``OUT/results.jsonl`` and writes ``OUT/table.md`` with mean ± std
+over seeds beside the paper's CIFAR-10 numbers. Done cells are skipped and a run interrupted mid-way
+resumes from its own checkpoint (``OUT/runs/...``), so an interrupted sweep continues where it stopped.
 
 ``overrides`` changes the preset for every run (any ``NodeRunConfig.with_overrides`` key), e.g. a
 shorter ``{"epochs": 1, "limit": 64}``; the registry's CLI passes none.
@@ -36,9 +36,9 @@ from .sweep import Cell, Executor, run_sweep
 if TYPE_CHECKING:
     from ..node.model import NodeClassifier
 
-METRICS = {"test_acc": "accuracy (%)", "nfe_forward": "NFE-F", "nfe_backward": "NFE-B",
-           "interior_survival_mean": "interior survival (mean)", "time_share_pct": "time share (%)",
-           "wall_time": "wall (s)"}
+METRICS = {"test_acc": "accuracy (%)", "frozen_acc": "accuracy, t ≡ T/2 (%)", "nfe_forward": "NFE-F",
+           "nfe_backward": "NFE-B", "interior_survival_mean": "interior survival (mean)",
+           "time_share_pct": "time share (%)", "wall_time": "wall (s)"}
 AUDIT_TIMES = 8     # timesteps in [0, T] at which the audit compares the ODE function's layers
 AUDIT_IMAGES = 64   # test images whose z(0) the audit uses
 
@@ -113,7 +113,8 @@ def sweep(name: str, title: str, settings: Sequence[Setting], paper: dict[str, t
     records = _current(store, preset, base)
     failed = [r for r in records if "error" in r]
     note = ("\nNFE-F / NFE-B: mean function evaluations per training batch in the last epoch (forward / adjoint "
-            "solve); the paper's NFE is shown beside NFE-F. interior survival (mean), time share: the audit of "
+            "solve); the paper's NFE is shown beside NFE-F. accuracy, t ≡ T/2: the same test set solved with the "
+            "ODE function's t frozen at T/2 (timeaware time-use). interior survival (mean), time share: the audit of "
             "the norms right after a time injection, averaged over them (train mode, one t per batch). The "
             "survival shown is the interior one, without the 1-pixel border where zero padding leaks t (as the "
             "verdicts read it); results.jsonl also keeps each norm's full-map survival under audit.\n"
@@ -133,10 +134,18 @@ def train_and_audit(cfg: NodeRunConfig, run_dir: Path, base: NodeRunConfig, name
     say(f"{name}: training {key} ({cfg.epochs} epochs), then auditing its ODE function")
     start = time.perf_counter()
     result = train_classifier(cfg, run_dir, resume=True)
-    images = load_run_data(base)[1].x[:AUDIT_IMAGES]
+    test = load_run_data(base)[1]
     record = {k: result.summary.get(k) for k in ("test_acc", "best_test_acc", "nfe_forward", "nfe_backward",
                                                    "test_nfe_forward", "epoch")}
-    return {**record, **audit_block(result.model, images), "wall_time": time.perf_counter() - start}
+    return {**record, **audit_block(result.model, test.x[:AUDIT_IMAGES]),
+            "frozen_acc": frozen_accuracy(result.model, test), "wall_time": time.perf_counter() - start}
+
+
+def frozen_accuracy(model: NodeClassifier, test: Any) -> float:
+    """Test accuracy with the ODE function's t frozen at T/2 (eval mode): the real-t accuracy when t is unused."""
+    from .time_use import node_time_use
+
+    return node_time_use(model, test.x, test.y, times=("frozen T/2",))[0]["accuracy"]
 
 
 def audit_block(model: NodeClassifier, images: torch.Tensor) -> dict[str, Any]:

@@ -22,6 +22,8 @@ EXPERIMENTS: dict[str, str] = {
     "node-groups": "timeaware.experiments.node:node_groups",  # Figure 7: groups sweep
     "node-activation": "timeaware.experiments.node:node_activation",  # Table 4: activations vs NFE
     "ddpm-fixes": "timeaware.experiments.ddpm:ddpm_fixes",  # Table 3: +positional, +zero bias, +fewer groups
+    "ddpm-time": "timeaware.experiments.ddpm_time:ddpm_time",  # a time-blind U-Net beside Table 3: time use
+    "node-needs-time": "timeaware.experiments.needs_time:node_needs_time",  # does a vanished t matter? (NODE)
 }
 PRESETS = ("quick", "paper")
 
