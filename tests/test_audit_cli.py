@@ -103,7 +103,7 @@ def test_module_entry_point_reports_bad_model_in_one_line() -> None:
 def test_a_ddpm_run_folder_is_audited_with_its_ema_unet_image_shape_and_integer_steps(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from timeaware.awareness import audit
-    from timeaware.diffusion.sampling import load_model as load_unet
+    from timeaware.diffusion.sampling import load_unet
     from timeaware.diffusion.train import preset, train
 
     unet_cfg, cfg = preset("quick", ["channels=8", "groups=4", "data_limit=32", "batch_size=16", "steps=2",

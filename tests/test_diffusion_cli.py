@@ -45,8 +45,8 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, argv, message, capsys):
 def test_evaluate_says_what_it_does_and_trains_the_classifier_once(run_dir, tmp_path, monkeypatch, capsys):
     import timeaware.diffusion.metrics as metrics
 
-    real = metrics.train_classifier
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: real(*a, **{**k, "steps": 3}))  # a short one
+    real = metrics.train_feature_classifier
+    monkeypatch.setattr(metrics, "train_feature_classifier", lambda *a, **k: real(*a, **{**k, "steps": 3}))  # short
     classifier = tmp_path / "clf.safetensors"
     argv = ["evaluate", str(run_dir), "--num", "4", "--steps", "2", "--classifier", str(classifier)]
     assert main(argv) == 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from timeaware.diffusion.ddpm import make_scheduler, simple_loss, to_model_range
-from timeaware.diffusion.sampling import load_model
+from timeaware.diffusion.sampling import load_unet
 from timeaware.diffusion.train import preset, train
 from timeaware.diffusion.unet import UNet
 from timeaware.io import load_tensors
@@ -29,7 +29,7 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     torch.manual_seed(cfg.seed)
     before = loss_of(UNet(unet_cfg))
     train(tmp_path, unet_cfg, cfg, progress=False)
-    after = loss_of(load_model(tmp_path, raw=True)[0])
+    after = loss_of(load_unet(tmp_path, raw=True)[0])
     assert after < 0.8 * before
 
 
@@ -64,8 +64,8 @@ def test_resume_refuses_changed_training_settings_but_allows_more_steps(tmp_path
 def test_ema_and_raw_weights_differ_and_both_load(tmp_path):
     unet_cfg, cfg = tiny_preset("steps=3", "lr=1e-2")
     train(tmp_path, unet_cfg, cfg, progress=False)
-    ema, meta = load_model(tmp_path)
-    raw, _ = load_model(tmp_path, raw=True)
+    ema, meta = load_unet(tmp_path)
+    raw, _ = load_unet(tmp_path, raw=True)
     assert meta["step"] == 3 and meta["state"]["unet"] == unet_cfg.to_dict()
     assert any(not torch.equal(p, q) for p, q in zip(ema.parameters(), raw.parameters()))
     stored = load_tensors(tmp_path / "checkpoints/step-00000003/ema.safetensors")

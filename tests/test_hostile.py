@@ -423,9 +423,9 @@ def test_the_unet_estimate_is_within_a_factor_of_two_of_the_real_count():
 
 @pytest.fixture(scope="module")
 def unet(run):
-    from timeaware.diffusion.sampling import load_model
+    from timeaware.diffusion.sampling import load_unet
 
-    return load_model(run, device="cpu")[0]
+    return load_unet(run, device="cpu")[0]
 
 
 @cases(100)
@@ -453,16 +453,16 @@ def test_sampling_with_wrong_types_or_dtypes_raises_a_typed_error_before_drawing
 
 
 def test_a_float64_model_samples_and_a_bad_device_is_refused(run, unet):
-    from timeaware.diffusion.sampling import load_model, sample
+    from timeaware.diffusion.sampling import load_unet, sample
 
     assert sample(unet.double(), 2, steps=1).dtype == torch.float64
     unet.float()
     for device, error in (("cpux", ValueError), (7, TypeError)):
         with pytest.raises(error, match="device"):
-            load_model(run, device=device)
+            load_unet(run, device=device)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
-            load_model(run, device="cuda:0")
+            load_unet(run, device="cuda:0")
 
 
 @pytest.mark.parametrize("call", [

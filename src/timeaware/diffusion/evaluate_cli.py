@@ -33,11 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..io import write_json
     from .evaluate import EvalSettings, evaluate
-    from .sampling import load_model
+    from .sampling import load_unet
 
     if args.num < 2:
         raise ValueError(f"--num {args.num} is not allowed; a Fréchet distance needs at least 2 samples")
-    model, meta = load_model(args.checkpoint, raw=args.raw)
+    model, meta = load_unet(args.checkpoint, raw=args.raw)
     settings = EvalSettings(metrics=tuple(args.metric or ["fd-classifier"]), num=args.num, sampler=args.sampler,
                             steps=args.steps, seed=args.seed, data=args.data or meta["state"]["train"]["data"],
                             reference_split=args.reference_split, classifier=args.classifier,

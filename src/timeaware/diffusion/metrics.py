@@ -55,7 +55,7 @@ class FeatureClassifier(nn.Module):
         return self.head(self.body(images))
 
 
-def train_classifier(train: ImageData, test: ImageData, steps: int = 400, batch_size: int = 128,
+def train_feature_classifier(train: ImageData, test: ImageData, steps: int = 400, batch_size: int = 128,
                      seed: int = 0, progress: bool = False) -> tuple[FeatureClassifier, float]:
     """Train the feature classifier (Adam, a few hundred steps); returns it and its test accuracy."""
     from tqdm.auto import tqdm
@@ -102,7 +102,7 @@ def classifier_for(path: str | Path, train: ImageData, test: ImageData, steps: i
         return model.eval(), info
     say(f"FD-classifier: no classifier at {path} yet; training one on {train.name} ({len(train)} images, {steps} "
         "steps) and saving it there for later evaluations", progress)
-    model, accuracy = train_classifier(train, test, steps=steps, progress=progress)
+    model, accuracy = train_feature_classifier(train, test, steps=steps, progress=progress)
     info = {"config": model.config, "data": train.name, "image_shape": shape, "test_accuracy": accuracy,
             "steps": steps, "path": str(path)}
     save_tensors(path, model.state_dict())

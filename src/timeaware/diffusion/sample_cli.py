@@ -28,11 +28,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, num: int = 64) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from .sampling import load_model, sample, save_images
+    from .sampling import load_unet, sample, save_images
 
     if args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler {args.sampler!r} is not allowed; choose one of {', '.join(SAMPLERS)}")
-    model, meta = load_model(args.checkpoint, raw=args.raw)
+    model, meta = load_unet(args.checkpoint, raw=args.raw)
     images = sample(model, args.num, sampler=args.sampler, steps=args.steps, seed=args.seed,
                     batch_size=args.batch_size, progress=True)
     grid_path = save_images(images, args.out)

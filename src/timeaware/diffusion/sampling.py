@@ -1,7 +1,7 @@
 """Sampling with diffusers' schedulers, seeded and reproducible, and image files (PNGs and a grid).
 
 ``sample`` draws x_T and every sampler noise from one ``torch.Generator``, so the same seed, count and
-batch size give identical images. ``load_model`` rebuilds a trained U-Net from a checkpoint, with its EMA
+batch size give identical images. ``load_unet`` rebuilds a trained U-Net from a checkpoint, with its EMA
 weights unless asked for the raw ones.
 """
 
@@ -71,7 +71,7 @@ def sample(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, see
     return torch.cat(out)
 
 
-def load_model(checkpoint: str | Path, raw: bool = False,
+def load_unet(checkpoint: str | Path, raw: bool = False,
                device: str | torch.device | None = None) -> tuple[UNet, dict[str, Any]]:
     """The U-Net of a checkpoint folder or run folder, with EMA weights (or the raw ones), in eval mode,
     on ``device`` (default: the GPU when there is one)."""

@@ -87,7 +87,7 @@ def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
     """One cell: train ``out/runs/slug`` (resuming its latest checkpoint), sample, score, grid and audit it;
     ``extra(model, cfg)``'s fields join the record."""
     from ..diffusion.evaluate import EvalSettings, evaluate
-    from ..diffusion.sampling import grid, load_model, save_png
+    from ..diffusion.sampling import grid, load_unet, save_png
     from ..diffusion.train import train
 
     inception = os.environ.get("TIMEAWARE_INCEPTION")
@@ -96,7 +96,7 @@ def train_and_score(unet_cfg: Any, cfg: Any, out: Path, slug: str, preset: str,
     t0 = time.perf_counter()
     summary = train(out / "runs" / slug, unet_cfg, cfg, resume=True, progress=progress)
     t1 = time.perf_counter()
-    model, _ = load_model(out / "runs" / slug)
+    model, _ = load_unet(out / "runs" / slug)
     settings = EvalSettings(**{**EVAL[preset], **(evaluation or {})}, metrics=metrics, seed=cfg.seed,
                             data=cfg.data, classifier=out / "classifier.safetensors",
                             inception_weights=Path(inception) if inception else None)

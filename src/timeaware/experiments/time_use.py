@@ -160,10 +160,10 @@ def load_run(run: str | Path, limit: int | None = None) -> Loaded:
     found = find_checkpoint(run)
     state = read_checkpoint_state(found)["state"]
     if "unet" in state:
-        from ..diffusion.sampling import load_model
+        from ..diffusion.sampling import load_unet
         from ..diffusion.train import TrainConfig
 
-        unet, _ = load_model(found, device="cpu")
+        unet, _ = load_unet(found, device="cpu")
         data = load_images(TrainConfig(**state["train"]).data, "test", unet.config.image_size).subset(limit)
         return "ddpm", unet, state, {"x": data.x * 2 - 1}
     if "config" not in state or "input_shape" not in state:

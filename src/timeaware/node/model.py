@@ -22,7 +22,7 @@ from .func import ODEFunc
 from .solve import ODEBlock, SolverOptions, SolveStats
 
 
-class ResBlock(nn.Module):
+class StemBlock(nn.Module):
     """Pre-activation residual block, stride 2: x → N–Act → (conv3×3/2 → N–Act → conv3×3) + conv1×1/2."""
 
     def __init__(self, channels: int, config: TimeAware) -> None:
@@ -64,8 +64,8 @@ class NodeClassifier(nn.Module):
             raise ValueError(f"mean/std have {len(mean)}/{len(std)} values; the images have {in_channels} channels")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, 1, 1), ResBlock(channels, config),
-                                  ResBlock(channels, config))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, 1, 1), StemBlock(channels, config),
+                                  StemBlock(channels, config))
         solver = solver or SolverOptions()
         func = ODEFunc(channels, config, time=time, size=state_size(image_size), t1=solver.t1)
         self.block = ODEBlock(func, solver)

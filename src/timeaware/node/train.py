@@ -63,7 +63,7 @@ def build_model(cfg: NodeRunConfig, train: ImageData) -> NodeClassifier:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, batch_size: int, device: torch.device) -> tuple[float, float]:
+def evaluate_accuracy(model: nn.Module, data: ImageData, batch_size: int, device: torch.device) -> tuple[float, float]:
     """Test accuracy in percent and the mean NFE of the forward solves."""
     model.eval()
     correct, nfe = 0, []
@@ -183,7 +183,7 @@ def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) ->
             bar.set_postfix(loss=f"{total.item() / len(batch):.3f}",
                             nfe=f"{block.stats.nfe_forward}/{block.stats.nfe_backward}")
         correct, nfe_f, nfe_b, batches = acc.reduce(local.to(acc.device), "sum").tolist()
-        test_acc, test_nfe = evaluate(_unwrap(model), test, cfg.batch_size, acc.device)
+        test_acc, test_nfe = evaluate_accuracy(_unwrap(model), test, cfg.batch_size, acc.device)
         train_loss = loss_sum / len(train)
         sched.step(train_loss)
         best = max(best, test_acc)

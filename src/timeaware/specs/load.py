@@ -149,7 +149,7 @@ def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     found = find_checkpoint(path)
     state = read_checkpoint_state(found)["state"]
     if "unet" in state:
-        from ..diffusion.sampling import load_model as load_unet
+        from ..diffusion.sampling import load_unet
 
         return load_unet(found, device="cpu")[0], {"kind": "timeaware-unet", "config": state["unet"]}
     if "config" not in state:
