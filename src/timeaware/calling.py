@@ -139,7 +139,7 @@ class ModelCall:
         if self.convention == "tx":
             out = model(tt, x, **extras)
         elif self.convention == "attr":
-            holders = [m for m in model.modules() if _holds_time(m)]
+            holders = [m for m in model.modules() if holds_time(m)]
             for module in holders:
                 module.t = tt
             try:
@@ -166,7 +166,7 @@ class ModelCall:
         """The t (or, for ``embedding``, the time embedding) of a call ``model(*args, **kwargs)``, as this
         description routes it; None when it is not there (a positional map then refuses to guess)."""
         if self.convention == "attr":
-            found = next((vars(m)["t"] for m in model.modules() if _holds_time(m) and vars(m)["t"] is not None), None)
+            found = next((vars(m)["t"] for m in model.modules() if holds_time(m) and vars(m)["t"] is not None), None)
             return None if found is None else torch.as_tensor(found)
         if self.convention == "concat":
             x = args[0] if args else None
@@ -226,7 +226,7 @@ def _input_fields(value: Any) -> dict[str, Any]:
     return {"shape": tuple(shape), "kind": value.get("kind", "normal"), "high": high}
 
 
-def _holds_time(module: nn.Module) -> bool:
+def holds_time(module: nn.Module) -> bool:
     """A submodule that reads t from its own ``.t`` attribute (torchdyn's ``DepthCat`` convention)."""
     return "t" in vars(module) and not isinstance(vars(module)["t"], nn.Module)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calling import Input, ModelCall, _holds_time
+from ..calling import Input, ModelCall, holds_time
 from ..embeddings import UNIT_INTERVAL, TimeDomain
 
 TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "sigma", "sigmas", "noise_labels", "noise_level",
@@ -59,7 +59,7 @@ def _from_signature(model: nn.Module) -> ModelCall:
                          input_shape=guess_input_shape(model))
     required = [p.name for p in params if p.default is inspect.Parameter.empty]
     if len(required) <= 1:
-        if any(_holds_time(m) for m in model.modules()):  # torchdyn: DepthCat reads its .t, set 0-d by DEFunc
+        if any(holds_time(m) for m in model.modules()):  # torchdyn: DepthCat reads its .t, set 0-d by DEFunc
             return ModelCall(convention="attr", scalar_time=True, domain=UNIT_INTERVAL,
                              input_shape=guess_input_shape(model))
         shape = guess_input_shape(model)
