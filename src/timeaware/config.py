@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .parsing import split_pair
+from .validate import check_nonnegative, check_positive, choice
 
 NORMS = ("batch", "instance", "group", "layer", "none")
 POSITIONAL = ("none", "linear", "mlp")
@@ -19,22 +20,6 @@ BIAS_INITS = ("zero", "default")
 INJECTIONS = ("add", "scale_shift")
 ACTIVATIONS = ("relu", "silu", "elu", "softplus", "sigmoid")
 
-
-def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-
-
-def check_positive(field: str, value: object) -> None:
-    """Raise a one-line ValueError unless ``value`` is a positive int."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{field}={value!r} is not allowed; it must be a positive integer")
-
-
-def check_nonnegative(field: str, value: object) -> None:
-    """Raise a one-line ValueError unless ``value`` is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise ValueError(f"{field}={value!r} is not allowed; it must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -61,13 +46,13 @@ class TimeAware:
     positional_init: float = 0.1
 
     def __post_init__(self) -> None:
-        _choice("norm", self.norm, NORMS)
+        choice("norm", self.norm, NORMS)
         check_positive("groups", self.groups)
-        _choice("positional", self.positional, POSITIONAL)
-        _choice("operand_bias", self.operand_bias, BIAS_INITS)
-        _choice("time_bias", self.time_bias, BIAS_INITS)
-        _choice("injection", self.injection, INJECTIONS)
-        _choice("activation", self.activation, ACTIVATIONS)
+        choice("positional", self.positional, POSITIONAL)
+        choice("operand_bias", self.operand_bias, BIAS_INITS)
+        choice("time_bias", self.time_bias, BIAS_INITS)
+        choice("injection", self.injection, INJECTIONS)
+        choice("activation", self.activation, ACTIVATIONS)
         check_nonnegative("positional_init", self.positional_init)
 
     def replace(self, **changes: Any) -> TimeAware:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .validate import check_positive, choice
+
 SOURCES = ("digits", "cifar10", "cifar10-torchvision", "cifar100-torchvision")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -39,8 +41,7 @@ class ImageData:
         """A class-balanced-in-expectation random subset of ``limit`` images (all when None)."""
         if limit is None or limit >= len(self):
             return self
-        if limit <= 0:
-            raise ValueError(f"limit={limit} is not allowed; it must be a positive integer")
+        check_positive("limit", limit)
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
         return ImageData(self.x[idx], self.y[idx], self.num_classes, self.name)
 
@@ -51,8 +52,7 @@ class ImageData:
 
 def load_images(source: str | None = None, split: str = "train", size: int | None = None) -> ImageData:
     """Load ``split`` ("train" | "test") of a dataset name or .npz path, optionally resized to size×size."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r} is not allowed; choose one of train, test")
+    choice("split", split, ("train", "test"))
     source = source or "digits"
     if source == "digits":
         data = _digits(split)
@@ -63,8 +63,7 @@ def load_images(source: str | None = None, split: str = "train", size: int | Non
     else:
         raise ValueError(f"dataset {source!r} is unknown; choose one of {', '.join(SOURCES)} or a path to a .npz")
     if size is not None and tuple(data.x.shape[-2:]) != (size, size):
-        if size <= 0:
-            raise ValueError(f"size={size} is not allowed; it must be a positive integer")
+        check_positive("size", size)
         data.x = F.interpolate(data.x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     return data
 

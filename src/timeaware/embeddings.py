@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .config import TimeAware, check_positive
+from .config import TimeAware
+from .validate import check_positive, choice
 
 TIME_KINDS = ("steps", "continuous", "sigma")
 
@@ -233,8 +234,7 @@ def make_time_map(config: TimeAware, size: tuple[int, ...] | None, domain: TimeD
 def make_activation(name: str) -> nn.Module:
     """The activation named in the config."""
     table = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid}
-    if name not in table:
-        raise ValueError(f"activation={name!r} is not allowed; choose one of {', '.join(table)}")
+    choice("activation", name, tuple(table))
     return table[name]()
 
 

@@ -16,8 +16,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .config import TimeAware, check_positive
+from .config import TimeAware
 from .embeddings import UNIT_INTERVAL, TimeDomain, as_time, init_bias_, make_activation, make_time_map
+from .validate import check_positive
 
 __all__ = ["ConcatConv2d", "ScaleShift", "TimeConv2d", "init_bias_", "make_activation", "make_norm"]
 

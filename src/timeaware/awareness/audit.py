@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..calling import ModelCall, as_call, output_tensor
+from ..validate import choice
 from .metrics import Moments, survival, verdict
 from .norms import channels_per_unit, select_layers
 from .report import AuditReport, LayerAudit
@@ -297,10 +298,8 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, bat
     if not (callable(call) or isinstance(call, (str, ModelCall))):
         raise ValueError(f"call={call!r} is not allowed; give a ModelCall, a convention name or a callable")
     fn = call if callable(call) and not isinstance(call, ModelCall) else as_call(call)
-    if batching not in BATCHINGS:
-        raise ValueError(f"batching={batching!r} is not allowed; choose one of {', '.join(BATCHINGS)}")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; choose one of {', '.join(MODES)}")
+    choice("batching", batching, BATCHINGS)
+    choice("mode", mode, MODES)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size={chunk_size!r} is not allowed; it must be a positive integer or None")
     try:

@@ -16,7 +16,8 @@ import torch
 
 from ..io import atomic_write, staged_folder
 from ..resources import FLOAT, check_memory, sampling_bytes
-from ..training import check_int, check_type, find_checkpoint, load_checkpoint, read_checkpoint_state
+from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
+from ..validate import check_int, check_type
 from .ddpm import Schedule, make_scheduler, to_image_range
 from .unet import UNet, UNetConfig
 

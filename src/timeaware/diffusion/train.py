@@ -17,16 +17,13 @@ from typing import Any
 import torch
 
 from ..config import TimeAware, field_names, parse_setting
-from ..data import SOURCES
+from ..data import SOURCES, random_flip
 from ..io import write_json
 from ..parsing import split_pair
 from ..resources import check_memory, training_bytes
 from ..training import (
     MetricsLog,
     check_finite,
-    check_int,
-    check_number,
-    check_type,
     claim_run_folder,
     latest_checkpoint,
     load_checkpoint,
@@ -36,6 +33,7 @@ from ..training import (
     save_checkpoint,
     seed_everything,
 )
+from ..validate import check_int, check_number, check_type
 from .ddpm import Schedule, make_scheduler, simple_loss, to_model_range
 from .unet import UNet, UNetConfig, ddpm_time_config
 
@@ -245,7 +243,4 @@ def _all_streams(acc: Any, generator: torch.Generator) -> dict[str, torch.Genera
 def _batch(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """A batch drawn with replacement (so the stream state is just the generator), flipped at random."""
     x = images[torch.randint(0, len(images), (cfg.batch_size,), generator=generator)]
-    if cfg.flip:
-        flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
+    return random_flip(x, generator) if cfg.flip else x

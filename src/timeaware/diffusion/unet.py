@@ -25,10 +25,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..calling import ModelCall
-from ..config import TimeAware, check_positive
+from ..config import TimeAware
 from ..embeddings import DDPM_STEPS, TimestepMLP, as_time, make_activation, make_time_map
 from ..layers import ScaleShift, TimeConv2d, make_norm
 from ..resources import unet_size
+from ..validate import check_positive
 
 
 def ddpm_time_config() -> TimeAware:

@@ -50,6 +50,7 @@ from torch.nn import functional as F
 from ..config import TimeAware
 from ..node.func import ODEFunc
 from ..node.solve import ODEBlock, SolverOptions
+from ..validate import choice
 from .store import markdown_table, write_table
 from .sweep import Cell, Executor, run_sweep
 
@@ -103,8 +104,7 @@ class Field:
     """The target vector field v(t, z) of one task, with its fixed pattern drawn from ``seed``."""
 
     def __init__(self, task: str, size: TaskSize, seed: int = 0) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task={task!r} is not allowed; choose one of {', '.join(TASKS)}")
+        choice("task", task, TASKS)
         self.task, self.a = task, size.amplitude
         c, s = size.channels, size.size
         if task == "per-channel":

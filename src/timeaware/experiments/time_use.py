@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..io import atomic_write, atomic_write_text, write_json
+from ..validate import choice
 
 if TYPE_CHECKING:
     from ..node.model import NodeClassifier
@@ -77,8 +78,7 @@ def node_time_use(model: NodeClassifier, images: torch.Tensor, labels: torch.Ten
     ``mode`` "train": the ODE function's norms use batch statistics (one t per call); the rest stays in eval
     mode; every buffer (running statistics) is restored afterwards.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; choose one of {', '.join(MODES)}")
+    choice("mode", mode, MODES)
     maps = time_maps(model.block.solver.t1)
     unknown = [t for t in times if t not in maps]
     if unknown:

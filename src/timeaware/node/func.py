@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from ..calling import ModelCall
-from ..config import TimeAware, check_positive
+from ..config import TimeAware
 from ..embeddings import TimeDomain, TimestepMLP, as_time, init_bias_, make_activation, make_time_map
 from ..layers import ConcatConv2d, TimeConv2d, make_norm
+from ..validate import check_positive, choice
 
 TIME_INPUTS = ("concat", "mlp")
 
@@ -29,8 +30,7 @@ class ODEFunc(nn.Module):
         super().__init__()
         config = config or TimeAware()
         check_positive("channels", channels)
-        if time not in TIME_INPUTS:
-            raise ValueError(f"time={time!r} is not allowed; choose one of {', '.join(TIME_INPUTS)}")
+        choice("time", time, TIME_INPUTS)
         self.config, self.time, self.channels = config, time, channels
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.domain = TimeDomain("continuous", 0.0, float(t1))

@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import TimeAware, check_positive, field_names, parse_setting
+from ..config import TimeAware, field_names, parse_setting
 from ..data import SOURCES
-from ..training.common import check_int, check_number
+from ..validate import check_int, check_number, check_positive, choice
 from .func import TIME_INPUTS
 from .solve import SolverOptions
 
@@ -65,8 +65,7 @@ class NodeRunConfig:
             if getattr(self.solver, name) is not None:
                 check_number(name, getattr(self.solver, name), low=0.0, low_open=True)
         self.model.check_channels(self.channels)
-        if self.time not in TIME_INPUTS:
-            raise ValueError(f"time={self.time!r} is not allowed; choose one of {', '.join(TIME_INPUTS)}")
+        choice("time", self.time, TIME_INPUTS)
 
     @property
     def image_size(self) -> int | None:

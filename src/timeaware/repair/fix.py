@@ -18,6 +18,7 @@ from ..awareness import AuditReport, LayerAudit, audit
 from ..awareness.trace import TimeTrace, trace_time
 from ..calling import ModelCall
 from ..specs import describe
+from ..validate import check_positive
 from .surgery import add_positional, regroup, zero_operand_bias
 
 POSITIONAL_FORMS = ("linear", "mlp")
@@ -89,8 +90,8 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
     Nothing is changed when the model has no site (``result.needed`` is False) or a request is invalid.
     """
     form = _form(positional)
-    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0):
-        raise ValueError(f"groups={groups!r} is not allowed; it must be a positive integer")
+    if groups is not None:
+        check_positive("groups", groups)
     if not (form or zero_operand_bias or groups):
         raise ValueError("nothing to fix: ask for positional, zero_operand_bias and/or groups")
     call = call or describe(model)

@@ -15,16 +15,13 @@ from .common import (
     MetricsLog,
     NonFiniteLoss,
     check_finite,
-    check_int,
-    check_number,
-    check_type,
     is_main_process,
     make_accelerator,
     seed_everything,
 )
 from .run_folder import claim_run_folder
 
-__all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "check_int", "check_number", "check_type", "checkpoint_root",
+__all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "checkpoint_root",
            "claim_run_folder",
            "find_checkpoint", "is_main_process", "latest_checkpoint", "load_checkpoint", "make_accelerator",
            "read_checkpoint_state", "resolve_resume", "resume_hint", "rewind_to", "save_checkpoint", "seed_everything"]

@@ -6,7 +6,6 @@ Loops run on Hugging Face accelerate, so the same code runs on one CPU, one GPU,
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from pathlib import Path
@@ -42,32 +41,6 @@ def make_accelerator(cpu: bool | None = None, **kwargs: Any) -> Accelerator:
         raise RuntimeError(f"launcher started {expected} processes but accelerate sees {acc.num_processes}; "
                            "launch with `accelerate launch` or `torchrun` and a reachable MASTER_ADDR/PORT")
     return acc
-
-
-def check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    """A finite real number in [low, high) (or (low, high) with ``low_open``), else a one-line ValueError."""
-    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and value < high)
-    if not ok:
-        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {bounds}")
-
-
-def check_int(name: str, value: Any, low: int) -> None:
-    """An integer (not a bool) >= ``low``, else a one-line ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {low}")
-
-
-def check_type(name: str, value: Any, allowed: Any) -> None:
-    """A one-line TypeError naming the argument when ``value`` is not an instance of ``allowed``."""
-    if not isinstance(value, allowed) or (isinstance(value, bool) and allowed in (int, float)):
-        raise TypeError(f"{name} must be {_type_names(allowed)}, not {type(value).__name__} ({str(value)[:40]!r})")
-
-
-def _type_names(allowed: Any) -> str:
-    parts = getattr(allowed, "__args__", None) or (allowed if isinstance(allowed, tuple) else (allowed,))
-    return " or ".join(getattr(t, "__name__", str(t)) for t in parts)
 
 
 def is_main_process() -> bool:

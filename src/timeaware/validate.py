@@ -1,0 +1,53 @@
+"""The one home of argument checks: each raises a one-line error naming the bad value and what is allowed.
+
+Configs, blocks, training loops and the audit call these instead of writing their own messages, so the
+same mistake reads the same everywhere. ``bool`` is refused where a number is wanted (``True`` is an int).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """One of the ``allowed`` names, else a one-line ValueError listing them."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def check_int(name: str, value: Any, low: int) -> None:
+    """An integer (not a bool) >= ``low``, else a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {low}")
+
+
+def check_positive(name: str, value: object) -> None:
+    """A positive integer (not a bool), else a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a positive integer")
+
+
+def check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """A finite real number in [low, high) (or (low, high) with ``low_open``), else a one-line ValueError."""
+    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and value < high)
+    if not ok:
+        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {bounds}")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """A finite number >= 0, else a one-line ValueError."""
+    check_number(name, value, 0)
+
+
+def check_type(name: str, value: Any, allowed: Any) -> None:
+    """A one-line TypeError naming the argument when ``value`` is not an instance of ``allowed``."""
+    if not isinstance(value, allowed) or (isinstance(value, bool) and allowed in (int, float)):
+        raise TypeError(f"{name} must be {_type_names(allowed)}, not {type(value).__name__} ({str(value)[:40]!r})")
+
+
+def _type_names(allowed: Any) -> str:
+    parts = getattr(allowed, "__args__", None) or (allowed if isinstance(allowed, tuple) else (allowed,))
+    return " or ".join(getattr(t, "__name__", str(t)) for t in parts)
