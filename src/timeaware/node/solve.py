@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..validate import choice
+
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun3", "rk4",
            "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
 _SOLVER_FAILURES = ("max_num_steps exceeded", "underflow in dt", "non-finite values in state")
@@ -53,8 +55,7 @@ class SolverOptions:
     adjoint_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is not allowed; choose one of {', '.join(METHODS)}")
+        choice("method", self.method, METHODS)
         for name in ("options", "adjoint_options"):
             if not isinstance(getattr(self, name), dict | None) or (name == "options" and self.options is None):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; it must be a dict of "
@@ -69,11 +70,11 @@ class SolverOptions:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def solve_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``odeint`` / ``odeint_adjoint``."""
+    def solve_kwargs(self, adjoint: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``odeint``, or with ``adjoint`` for ``odeint_adjoint``."""
         kwargs: dict[str, Any] = {"rtol": self.rtol, "atol": self.atol, "method": self.method,
                                   "options": dict(self.options) or None}
-        if self.adjoint:
+        if adjoint:
             kwargs.update(adjoint_rtol=self.adjoint_rtol, adjoint_atol=self.adjoint_atol,
                           adjoint_options=None if self.adjoint_options is None else dict(self.adjoint_options))
         return kwargs
@@ -146,21 +147,46 @@ class ODEBlock(nn.Module):
     def func(self) -> nn.Module:
         return self.counted.func
 
-    def solver_errors(self) -> contextlib.AbstractContextManager[None]:
-        """Wrap ``loss.backward()`` in this: the adjoint solve fails there, not in ``forward``."""
-        return solver_errors(self.solver, self.func)
-
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
-        from torchdiffeq import odeint, odeint_adjoint
+        from torchdiffeq import odeint
 
         s = self.solver
         t = torch.tensor([0.0, s.t1], dtype=z0.dtype, device=z0.device)
         self.stats.nfe_forward = self.stats.nfe_backward = 0
         self.counted.in_forward = True
-        solve = odeint_adjoint if s.adjoint else odeint
         try:
-            with self.solver_errors():
-                out = solve(self.counted, z0, t, **s.solve_kwargs())
+            with solver_errors(s, self.func):
+                params = [p for p in self.counted.parameters() if p.requires_grad]
+                if not (s.adjoint and torch.is_grad_enabled() and (z0.requires_grad or params)):
+                    return odeint(self.counted, z0, t, **s.solve_kwargs())[-1]  # nothing to differentiate
+                out: torch.Tensor = _AdjointSolve.apply(self, z0, t, *params)
+                return out
         finally:
             self.counted.in_forward = False
-        return out[-1]
+
+
+class _AdjointSolve(torch.autograd.Function):
+    """torchdiffeq's ``odeint_adjoint`` with its backward solve run inside this node's backward.
+
+    The adjoint solve fails in ``loss.backward()``, far from the block; running it here under
+    ``solver_errors`` turns its failures into the same one-line ``SolverError`` as the forward solve's,
+    so training loops need not know the block solves anything.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, block: ODEBlock, z0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        from torchdiffeq import odeint_adjoint
+
+        with torch.enable_grad():
+            ctx.inputs = ((z0.detach().requires_grad_(),) if z0.requires_grad else ()) + params
+            start = ctx.inputs[0] if z0.requires_grad else z0.detach()
+            ctx.out = odeint_adjoint(block.counted, start, t, **block.solver.solve_kwargs(adjoint=True))[-1]
+        ctx.block, ctx.z0_grad = block, z0.requires_grad
+        return ctx.out.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with solver_errors(ctx.block.solver, ctx.block.func):
+            grads = torch.autograd.grad(ctx.out, ctx.inputs, grad, allow_unused=True, retain_graph=True)
+        z0_grad = grads[0] if ctx.z0_grad else None
+        return (None, z0_grad, None, *grads[int(ctx.z0_grad):])

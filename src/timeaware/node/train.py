@@ -25,7 +25,6 @@ from ..resources import FLOAT, check_memory, training_bytes
 from ..training import (
     MetricsLog,
     check_finite,
-    check_type,
     claim_run_folder,
     load_checkpoint,
     make_accelerator,
@@ -34,6 +33,7 @@ from ..training import (
     save_checkpoint,
     seed_everything,
 )
+from ..validate import check_type
 from .model import NodeClassifier
 from .run_config import NodeRunConfig
 
@@ -174,8 +174,7 @@ def _train(cfg: NodeRunConfig, out: Path, found: Path | None, progress: bool) ->
             total = acc.reduce(ce.detach(), "sum")  # the global batch's loss, the same on every rank
             check_finite(total, (epoch - 1) * steps + i + 1)
             opt.zero_grad(set_to_none=True)
-            with block.solver_errors():
-                acc.backward(ce * (world / len(batch)))  # DDP averages over ranks: mean over the global batch
+            acc.backward(ce * (world / len(batch)))  # DDP averages over ranks: mean over the global batch
             opt.step()
             loss_sum += total.item()
             local += torch.tensor([(logits.argmax(1) == y).sum().item(), block.stats.nfe_forward,
