@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from launch import error_line, free_port, kill_during_the_run, subprocess_env
@@ -40,6 +41,7 @@ def _same(a: Path, b: Path) -> None:
         k: mb[k] for k in ("step", "optimizer", "scheduler", "rng")}
 
 
+@pytest.mark.processes  # real processes, several seconds: CI runs these after the default suite
 def test_sigkill_then_resume_equals_a_straight_run(tmp_path):
     unet_cfg, cfg = preset("quick", TINY)
     train(tmp_path / "straight", unet_cfg, cfg.replace(steps=STEPS), progress=False)
@@ -60,15 +62,18 @@ def test_sigkill_then_resume_equals_a_straight_run(tmp_path):
 def test_nan_loss_is_one_line_exit_2_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     args = ["train", "ddpm", "--out", str(tmp_path), *_set(TINY)]
     assert main([*args, "--steps", "2"]) == 0
+    kept = load_tensors(latest_checkpoint(tmp_path) / "ema.safetensors")
     monkeypatch.setattr(train_module, "simple_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     capsys.readouterr()
     assert main([*args, "--steps", "4", "--resume"]) == 2
     captured = capsys.readouterr()
     assert "loss is nan at step 3" in error_line(captured.err) and captured.out == ""
     assert latest_checkpoint(tmp_path).name == "step-00000002"
-    assert load_tensors(latest_checkpoint(tmp_path) / "ema.safetensors")
+    after = load_tensors(latest_checkpoint(tmp_path) / "ema.safetensors")
+    assert after.keys() == kept.keys() and all(torch.equal(after[k], kept[k]) for k in kept)
 
 
+@pytest.mark.processes  # real processes, several seconds: CI runs these after the default suite
 def test_two_process_gloo_run_resumes_exactly(tmp_path):
     """4 steps on 2 processes; then resume the same launch from step 2: every rank's stream is restored."""
     out = tmp_path / "ddp"

@@ -21,6 +21,7 @@ TINY = {"limit": 40, "test_limit": 16, "channels": 8, "groups": 4, "batch_size":
         "epochs": 2, "method": "rk4", "options": {"step_size": 0.5}}
 
 
+@pytest.mark.processes  # real processes, several seconds: CI runs these after the default suite
 def test_two_process_gloo_run_equals_one_process_with_the_same_global_batch(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -76,6 +77,7 @@ def test_a_global_batch_too_small_for_the_processes_is_refused_before_training()
     assert torch.equal(torch.cat([torch.arange(7)[rank_slice(7, r, 3)] for r in range(3)]), torch.arange(7))
 
 
+@pytest.mark.processes  # real processes, several seconds: CI runs these after the default suite
 def test_a_solver_failure_under_ddp_ends_the_job_and_each_rank_says_why(tmp_path):
     failing = {**TINY, "method": "dopri5", "options": {"max_num_steps": 1}}  # every rank's first solve gives up
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",

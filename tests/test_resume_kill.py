@@ -66,6 +66,7 @@ def straight(tmp_path_factory) -> dict:
     return _final_state(out)
 
 
+@pytest.mark.processes  # real processes, several seconds: CI runs these after the default suite
 def test_sigkill_at_a_random_moment_then_resume_equals_a_straight_run(tmp_path, straight):
     rng = random.Random(5)
     killed_at = []

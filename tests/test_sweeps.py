@@ -62,6 +62,7 @@ def reference(tmp_path_factory) -> tuple[str, list[dict]]:
     return numbers(folder)
 
 
+@pytest.mark.processes  # real processes, several seconds: CI runs these after the default suite
 def test_local_jobs_give_the_sequential_numbers(reference, tmp_path):
     table, records = reference
     assert [r["setting"] for r in records] == ["GN", "BN"] and "error" not in records[0]
@@ -195,6 +196,7 @@ def _running_job(store: ResultStore, folder: Path, setting: str) -> str:
     return where.split()[2].rstrip(",")
 
 
+@pytest.mark.processes  # real processes, several seconds: CI runs these after the default suite
 def test_slurm_array_survives_a_kill_and_a_requeue_and_a_resubmission_gives_the_sequential_table(
         slurm_cluster, reference, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", CHECKOUT)  # the jobs import this checkout (sbatch exports the environment)
