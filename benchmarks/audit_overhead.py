@@ -10,8 +10,15 @@ repeats of each audit's CPU time over that of the passes run just before it, and
 minor page faults of one audit (fresh memory the audit touches: about 2 us each on the development VM).
 ``--split`` also prints the CPU time of the statistics inside the audit (folding each capture in, summaries).
 
+Allocator: glibc hands large blocks back to the OS when they are freed, so each pass's activations, and
+the running means the audit holds, come back as fresh pages that fault in one by one (about 2 us per
+4 KiB page on the development VM, up to 150 ms per audit, varying from run to run with what the heap
+looks like). Unless ``--system-malloc`` is given, the script restarts itself with glibc's trim and mmap
+thresholds raised (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``), for the plain passes and the
+audit alike, so that the ratios compare computation, not the kernel's page-fault path.
+
     PYTHONPATH=src python benchmarks/audit_overhead.py [--samples 2] [--node-batch 128] [--timesteps 3]
-        [--repeats 5] [--threads 1] [--models all|node|unet] [--split]
+        [--repeats 5] [--threads 1] [--models all|node|unet] [--split] [--system-malloc]
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -30,6 +38,9 @@ from timeaware import TimeAware
 from timeaware.awareness import audit
 from timeaware.awareness.metrics import Moments
 from timeaware.node import ODEFunc
+
+# freed memory stays in the heap (no trimming, no per-block mmap): see "Allocator" above
+KEEP_HEAP = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "1000000000"}
 
 
 def ddpm_cifar10_unet() -> nn.Module:
@@ -110,7 +121,11 @@ def main() -> None:
                         help="also time the statistics inside the audit: folding the captures in, summaries")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared CPU, spinning intra-op threads swamp the timings)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default trim/mmap thresholds (timings then include page faults)")
     args = parser.parse_args()
+    if not args.system_malloc and KEEP_HEAP.keys() - os.environ.keys():
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**KEEP_HEAP, **os.environ})
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     k = args.timesteps
@@ -123,7 +138,9 @@ def main() -> None:
     ]
     cases = [c for c in cases if args.models == "all" or c[0].lower().startswith(args.models)]
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}, load {load}")
+    heap = ", ".join(f"{k}={os.environ[k]}" for k in KEEP_HEAP if k in os.environ) or "glibc defaults"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}, load {load}, "
+          f"malloc: {heap}")
     head = (f"{'model':26} {'params':>11} {'N':>4} {'K':>3} {'K+1 passes [s]':>15} {'audit [s]':>10} {'ratio':>6}"
             f" {'CPU: passes':>12} {'audit':>6} {'ratio':>6} {'paired':>6} {'faults':>7}")
     print(head)
