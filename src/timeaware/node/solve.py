@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validate import choice
+from ..validate import check_number, choice
 
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun3", "rk4",
            "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
@@ -64,8 +64,7 @@ class SolverOptions:
             value = getattr(self, name)
             if value is None and name.startswith("adjoint_"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}={value!r} is not allowed; it must be a positive number")
+            check_number(name, value, 0, low_open=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
