@@ -155,18 +155,19 @@ class Moments:
             (time_border, sample_border), = border
             inside = _ratio(max(0.0, time - time_border), max(0.0, sample - sample_border))
         eta2 = math.nan
-        if self.share:  # per unit, in float64
-            between = self.between.to(torch.float64, copy=True).div_(k)                   # Var_k(mean_n Y)
-            total = self.total_sample.to(torch.float64, copy=True).div_(k * n).add_(between)  # Var_{k,n} Y
-            level = (self.ones @ self.mean).double().div_(n)                              # mean_{k,n} Y
+        if self.share:  # per unit, in the compute dtype, each term scaled by K·N (which η² cancels)
+            tiny = torch.finfo(self.compute).tiny
+            total = torch.add(self.total_sample, self.between, alpha=n)  # K·N·Var_{k,n} Y = S + N·B
+            level = torch.mv(self.mean.T, self.ones)                      # N·mean_{k,n} Y
             # a unit varies when its variance is above the rounding level of its values in the captured dtype:
-            # total > eps²·(total + level²) + tiny (a 0/1 mask; written with out= as the bool one is slow)
+            # Var > eps²·(Var + mean²) + tiny, times K·N (a 0/1 mask; written with out= as the bool one is slow)
             eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
-            threshold = level.square_().add_(total).mul_(eps2).add_(torch.finfo(self.compute).tiny)
+            threshold = torch.addcmul(total, level, level, value=k / n).mul_(eps2).add_(tiny * k * n)
             varies = torch.gt(total, threshold, out=threshold)
             count = float(varies.sum())
-            if count:
-                eta2 = float(torch.dot(between.div_(total.clamp_min_(torch.finfo(self.compute).tiny)), varies)) / count
+            if count:  # Var_k(mean_n Y) / Var_{k,n} Y = N·B / (S + N·B), over the units that vary
+                share = torch.div(self.between, total.clamp_min_(tiny), out=level).mul_(varies)
+                eta2 = n * float(share.sum(dtype=torch.float64)) / count
         return Summary(snr=whole, time_share=eta2, interior_snr=inside)
 
 
