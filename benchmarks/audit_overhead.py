@@ -8,7 +8,8 @@ anchor. Each time is the best of ``--repeats`` interleaved runs, as wall time an
 CPU time (steadier when other processes compete for the cores); "paired" is the median over the
 repeats of each audit's CPU time over that of the passes run just before it, and "faults" the fewest
 minor page faults of one audit (fresh memory the audit touches: about 2 us each on the development VM).
-``--split`` also prints the CPU time of the statistics inside the audit (folding each capture in, summaries).
+``--split`` also prints the CPU time of the statistics inside the audit (folding each capture in, summaries)
+and the paired ratio of an audit whose statistics are no-ops (what the hooks and bookkeeping cost).
 
 Allocator: glibc hands large blocks back to the OS when they are freed, so each pass's activations, and
 the running means the audit holds, come back as fresh pages that fault in one by one (about 2 us per
@@ -36,7 +37,7 @@ from torch import nn
 
 from timeaware import TimeAware
 from timeaware.awareness import audit
-from timeaware.awareness.metrics import Moments
+from timeaware.awareness.metrics import Moments, Summary
 from timeaware.node import ODEFunc
 
 # freed memory stays in the heap (no trimming, no per-block mmap): see "Allocator" above
@@ -97,6 +98,21 @@ def statistics_time(repeats: int, run_audit: Callable[[], object]) -> dict[str, 
         for name, method in originals.items():
             setattr(Moments, name, method)
     return best
+
+
+def hooks_only(repeats: int, run_plain: Callable[[], object], run_audit: Callable[[], object]) -> float:
+    """Median paired CPU ratio of the audit with ``Moments.add`` and ``summary`` made no-ops: hooks and bookkeeping."""
+    originals = (Moments.add, Moments.summary)
+
+    def count(self: Moments, y: torch.Tensor) -> None:
+        self.k, self.shape = self.k + 1, tuple(y.shape[1:])
+
+    try:
+        Moments.add, Moments.summary = count, lambda self: Summary(snr=1.0, time_share=0.5)  # type: ignore[method-assign]
+        runs = timed(repeats, run_plain, run_audit)
+    finally:
+        Moments.add, Moments.summary = originals  # type: ignore[method-assign]
+    return statistics.median(a[1] / p[1] for p, a in zip(*runs))
 
 
 def plain_passes(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, call: str) -> None:
@@ -160,8 +176,10 @@ def main() -> None:
         if args.split:
             spent = statistics_time(args.repeats, lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(
                 m, x, ts, call=c, mode=md))
+            bare = hooks_only(args.repeats, lambda m=model, x=x, ts=timesteps, c=call: plain_passes(m, x, ts, c),
+                              lambda m=model, x=x, ts=timesteps, c=call, md=mode: audit(m, x, ts, call=c, mode=md))
             print(f"{'':26}   statistics (CPU, best of {args.repeats}): folding in {spent['add'] * 1e3:.1f} ms,"
-                  f" summaries {spent['summary'] * 1e3:.1f} ms")
+                  f" summaries {spent['summary'] * 1e3:.1f} ms; paired ratio without them (hooks only) {bare:.2f}")
 
 
 if __name__ == "__main__":
