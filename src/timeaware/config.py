@@ -21,7 +21,6 @@ INJECTIONS = ("add", "scale_shift")
 ACTIVATIONS = ("relu", "silu", "elu", "softplus", "sigmoid")
 
 
-
 @dataclass(frozen=True)
 class TimeAware:
     """How time enters a block and what normalizes it afterwards.
