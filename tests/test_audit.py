@@ -340,6 +340,8 @@ def test_verdict_thresholds() -> None:
     ({"x": torch.tensor([[1.0], [float("nan")]])}, "x holds NaN or inf .first in input 1"),
     ({"layers": ["nope"]}, "--layers 'nope' matches no module name or class"),
     ({"chunk_size": 0}, "chunk_size=0"),
+    ({"chunk_size": True}, "chunk_size=True is not allowed; it must be a positive integer"),
+    ({"x": torch.tensor([[1.0], [float("-inf")]])}, "x holds NaN or inf .first in input 1"),
 ])
 def test_bad_arguments_raise_one_line_value_errors(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"x": _x(), "timesteps": T, **kwargs}

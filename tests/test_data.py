@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from timeaware.data import adjust_hue, adjust_saturation, augment, random_crop, random_flip
+from timeaware.data import ImageData, adjust_hue, adjust_saturation, augment, random_crop, random_flip
 
 
 def _gen(seed=0):
@@ -60,3 +60,11 @@ def test_augment_is_reproducible_from_the_generator_and_skips_colour_for_gray():
     no_colour = augment(gray, _gen(1), hue=0.0, saturation=0.0, flip=False)
     assert torch.equal(augment(gray, _gen(1), flip=False), no_colour)
     assert augment(x, _gen(1)).min() >= 0 and augment(x, _gen(1)).max() <= 1
+
+
+@pytest.mark.parametrize("limit", ["5", 0, -3, True, 2.5])
+def test_a_bad_subset_limit_is_a_one_line_value_error(limit):
+    data = ImageData(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), 1, "toy")
+    with pytest.raises(ValueError, match=rf"^limit={limit!r} is not allowed; it must be a positive integer$"):
+        data.subset(limit)
+    assert data.subset(None) is data and len(data.subset(9)) == 4 and len(data.subset(3)) == 3

@@ -39,9 +39,11 @@ class ImageData:
 
     def subset(self, limit: int | None, seed: int = 0) -> ImageData:
         """A class-balanced-in-expectation random subset of ``limit`` images (all when None)."""
-        if limit is None or limit >= len(self):
+        if limit is None:
             return self
-        check_positive("limit", limit)
+        check_positive("limit", limit)  # before comparing: a string or a bool is a one-line error too
+        if limit >= len(self):
+            return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
         return ImageData(self.x[idx], self.y[idx], self.num_classes, self.name)
 

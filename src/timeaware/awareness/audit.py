@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..calling import ModelCall, as_call, output_tensor
-from ..validate import choice
+from ..validate import check_positive, choice
 from .metrics import Moments, survival, verdict
 from .norms import channels_per_unit, select_layers
 from .report import AuditReport, LayerAudit
@@ -308,8 +308,8 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, bat
     fn = call if callable(call) and not isinstance(call, ModelCall) else as_call(call)
     choice("batching", batching, BATCHINGS)
     choice("mode", mode, MODES)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size={chunk_size!r} is not allowed; it must be a positive integer or None")
+    if chunk_size is not None:
+        check_positive("chunk_size", chunk_size)
     try:
         t = torch.as_tensor(timesteps).detach().cpu().reshape(-1)
     except (TypeError, ValueError, RuntimeError):
