@@ -44,3 +44,27 @@ def test_choice_lists_what_is_allowed_and_type_names_the_argument():
         check_type("seed", True, int)
     with pytest.raises(TypeError, match=r"^path must be str or bytes, not int"):
         check_type("path", 3, str | bytes)
+
+
+def _callers():
+    from timeaware import TimeAware, TimeConv2d
+    from timeaware.diffusion.ddpm import make_scheduler
+    from timeaware.diffusion.train import TrainConfig
+    from timeaware.embeddings import TimeDomain
+    from timeaware.node.run_config import NodeRunConfig
+
+    return {
+        "offset='film' is not allowed; choose one of linear, embedding, none":
+            lambda: TimeConv2d(2, 2, 3, config=TimeAware(), offset="film"),
+        "sampler='euler' is not allowed; choose one of ddpm, ddim, dpm": lambda: make_scheduler("euler"),
+        "kind='minutes' is not allowed; choose one of steps, continuous, sigma": lambda: TimeDomain("minutes"),
+        "data='mnist' is not allowed; choose one of digits, cifar10": lambda: NodeRunConfig(data="mnist"),
+        "data=3 is not allowed; choose one of digits": lambda: TrainConfig(data=3),
+    }
+
+
+@pytest.mark.parametrize("message", list(_callers()))
+def test_the_callers_report_a_bad_name_through_validate(message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")) as caught:
+        _callers()[message]()
+    assert "\n" not in str(caught.value)

@@ -52,6 +52,12 @@ class ImageData:
         return self.x.mean(dim=(0, 2, 3)).tolist(), self.x.std(dim=(0, 2, 3)).tolist()
 
 
+def check_source(value: object) -> None:
+    """A known source or a .npz path, else a one-line ValueError (the training configs' ``data``)."""
+    if not isinstance(value, str) or not (value in SOURCES or value.endswith(".npz")):
+        raise ValueError(f"data={value!r} is not allowed; choose one of {', '.join(SOURCES)} or a .npz path")
+
+
 def load_images(source: str | None = None, split: str = "train", size: int | None = None) -> ImageData:
     """Load ``split`` ("train" | "test") of a dataset name or .npz path, optionally resized to size×size."""
     choice("split", split, ("train", "test"))

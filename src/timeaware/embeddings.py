@@ -40,8 +40,7 @@ class TimeDomain:
     high: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in TIME_KINDS:
-            raise ValueError(f"time domain {self.kind!r} is not allowed; choose one of {', '.join(TIME_KINDS)}")
+        choice("kind", self.kind, TIME_KINDS)
         for name in ("low", "high"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -18,7 +18,9 @@ from torch import nn
 
 from .config import TimeAware
 from .embeddings import UNIT_INTERVAL, TimeDomain, as_time, init_bias_, make_activation, make_time_map
-from .validate import check_positive
+from .validate import check_positive, choice
+
+OFFSETS = ("linear", "embedding", "none")
 
 __all__ = ["ConcatConv2d", "ScaleShift", "TimeConv2d", "init_bias_", "make_activation", "make_norm"]
 
@@ -86,11 +88,13 @@ class TimeConv2d(nn.Module):
         super().__init__()
         check_positive("in_channels", in_channels)
         check_positive("out_channels", out_channels)
+        choice("offset", offset, OFFSETS)
         padding = kernel_size // 2 if padding is None else padding
         self.conv = init_bias_(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding),
                                config.operand_bias)
+        self.offset: nn.Module | None = None  # "none"
         if offset == "linear":
-            self.offset: nn.Module | None = nn.Linear(1, out_channels)
+            self.offset = nn.Linear(1, out_channels)
             # as large as ConcatConv's s_c (a sum of k² weights of a conv with in+1 channels), not Linear's
             # U(-1, 1) for one input, so the two are interchangeable at initialisation
             nn.init.normal_(self.offset.weight, std=(3 * (in_channels + 1)) ** -0.5)
@@ -98,10 +102,6 @@ class TimeConv2d(nn.Module):
             if emb_dim is None:
                 raise ValueError("offset='embedding' needs emb_dim, the size of the timestep embedding")
             self.offset = nn.Sequential(make_activation(config.activation), nn.Linear(emb_dim, out_channels))
-        elif offset == "none":
-            self.offset = None
-        else:
-            raise ValueError(f"offset={offset!r} is not allowed; choose one of linear, embedding, none")
         self.offset_kind = offset
         if self.offset is not None:
             init_bias_(self.offset, config.time_bias)

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..validate import choice
+
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
 
@@ -33,15 +35,14 @@ def make_scheduler(sampler: str = "ddpm", schedule: Schedule | None = None) -> A
     """A diffusers scheduler for ``sampler`` ("ddpm" | "ddim" | "dpm") on ``schedule``."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+    choice("sampler", sampler, SAMPLERS)
     kwargs = (schedule or Schedule()).to_dict()
     if sampler == "ddpm":
         # σ² = β_t, Ho et al.'s CIFAR-10 setting (fixedlarge); "trailing" so few steps still start at t = T-1
         return DDPMScheduler(**kwargs, variance_type="fixed_large", clip_sample=True, timestep_spacing="trailing")
     if sampler == "ddim":
         return DDIMScheduler(**kwargs, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
-    if sampler == "dpm":
-        return DPMSolverMultistepScheduler(**kwargs, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(f"sampler={sampler!r} is not allowed; choose one of {', '.join(SAMPLERS)}")
+    return DPMSolverMultistepScheduler(**kwargs, algorithm_type="dpmsolver++", solver_order=2)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import TimeAware, field_names, parse_setting
-from ..data import SOURCES, random_flip
+from ..data import check_source, random_flip
 from ..io import write_json
 from ..parsing import split_pair
 from ..resources import check_memory, training_bytes
@@ -67,8 +67,7 @@ class TrainConfig:
         check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         if not isinstance(self.flip, bool):
             raise ValueError(f"flip={self.flip!r} is not allowed; it must be true or false")
-        if not isinstance(self.data, str) or not (self.data in SOURCES or self.data.endswith(".npz")):
-            raise ValueError(f"data={self.data!r} is not allowed; choose one of {', '.join(SOURCES)} or a .npz path")
+        check_source(self.data)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

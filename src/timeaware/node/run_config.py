@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TimeAware, field_names, parse_setting
-from ..data import SOURCES
+from ..data import check_source
 from ..validate import check_int, check_number, check_positive, choice
 from .func import TIME_INPUTS
 from .solve import SolverOptions
@@ -51,8 +51,7 @@ class NodeRunConfig:
         for name in ("limit", "test_limit", "size", "threads"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
-        if not isinstance(self.data, str) or not (self.data in SOURCES or self.data.endswith(".npz")):
-            raise ValueError(f"data={self.data!r} is not allowed; choose one of {', '.join(SOURCES)} or a .npz path")
+        check_source(self.data)
         check_int("seed", self.seed, 0)
         check_int("padding", self.padding, 0)
         if self.flip is not None and not isinstance(self.flip, bool):
