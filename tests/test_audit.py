@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from timeaware import ConcatConv2d, LinearTimeMap, TimeAware, TimeConv2d
-from timeaware.awareness import AuditReport, audit
+from timeaware.awareness import AuditReport, audit, metrics
 from timeaware.awareness.metrics import Moments, snr, summarize, time_share, verdict
 from timeaware.embeddings import as_time
 
@@ -252,6 +253,66 @@ def test_moments_match_the_definitions_in_any_order(n: int, dtype: torch.dtype) 
         inputs.add(step)
     assert (inputs.summary().snr, inputs.summary().interior_snr) == pytest.approx(want[:2], rel=rel)
     assert math.isnan(inputs.summary().time_share)
+
+
+def _layouts(y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The same (K, N, C, H, W) values as a map, a channels-last map, flat units and flat units two apart."""
+    flat = y.flatten(2)
+    return {"map": y, "channels last": torch.stack([s.contiguous(memory_format=torch.channels_last) for s in y]),
+            "flat": flat, "strided": torch.stack([flat, -flat], dim=-1)[..., 0]}
+
+
+def _fold_all(y: torch.Tensor, share: bool) -> Moments:
+    moments = Moments(y.dtype, share)
+    for step in y:
+        moments.add(step)
+    return moments
+
+
+@pytest.mark.parametrize("n", [2, 3, 4], ids=lambda n: f"N={n}")  # metrics.MAX_FUSED_ROWS at most
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_the_one_pass_kernel_gives_the_sums_of_the_torch_update(n: int, dtype: torch.dtype,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """fused.Sums (numba, CPU) against Moments' torch update: each call's sums, M, S, B and the summary.
+
+    The torch update sums in the compute dtype (float32 for float32 and half models), the kernel in float64.
+    """
+    rel = 1e-12 if dtype == torch.float64 else 1e-6
+    for layout, data in _layouts(_field(5, n, dtype)).items():
+        for share in (True, False):
+            fast = _fold_all(data, share)
+            with monkeypatch.context() as patch:
+                patch.setattr(metrics, "_fused", lambda: None)
+                torch_update = _fold_all(data, share)
+            assert fast.fused is not None and torch_update.fused is None, layout
+            torch.testing.assert_close(torch.stack(fast.sums), torch.stack(torch_update.sums).double(),
+                                       rtol=rel, atol=0)
+            torch.testing.assert_close(fast.mean, torch_update.mean, rtol=rel, atol=0)
+            if share:
+                for mine, theirs in ((fast.total_sample, torch_update.total_sample),
+                                     (fast.between, torch_update.between)):
+                    torch.testing.assert_close(mine, theirs, rtol=rel, atol=1e-30)
+            got, want = fast.summary(), torch_update.summary()
+            assert (got.snr, got.interior_snr, got.time_share) == pytest.approx(
+                (want.snr, want.interior_snr, want.time_share), rel=rel, nan_ok=True)
+            assert math.isnan(got.time_share) != share
+
+
+def test_more_inputs_per_call_and_no_numba_use_the_torch_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    small, large = (_fold_all(_field(3, n, torch.float32), True) for n in (2, metrics.MAX_FUSED_ROWS + 1))
+    assert small.fused is not None and large.fused is None
+    y = _field(5, 2, torch.float32)
+    with_numba = summarize(y)
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    monkeypatch.delitem(sys.modules, "timeaware.awareness.fused")
+    metrics._fused.cache_clear()
+    try:
+        assert _fold_all(y, True).fused is None
+        without = summarize(y)
+    finally:
+        metrics._fused.cache_clear()
+    assert (without.snr, without.interior_snr, without.time_share) == pytest.approx(
+        (with_numba.snr, with_numba.interior_snr, with_numba.time_share), rel=1e-6)
 
 
 def test_nothing_that_depends_on_t_gives_exactly_zero() -> None:

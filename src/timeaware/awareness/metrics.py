@@ -18,7 +18,10 @@ does not vary (docs/audit.md, "Precision").
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,8 @@ import torch
 # Verdict thresholds on survival S, chosen from measurements (docs/audit.md, "Verdicts and their thresholds").
 VANISHED_BELOW = 0.1
 ALIVE_FROM = 0.5
+# Calls of at most this many inputs are folded in by ``fused`` on the CPU (beyond it numba's loop is slower).
+MAX_FUSED_ROWS = 4
 
 
 def noise_floor(dtype: torch.dtype) -> float:
@@ -56,8 +61,10 @@ class Moments:
       E_k[Var_n Y] and B / K is Var_k(mean_n Y), per unit.
 
     The time and sample terms are summed over all units and over the 1-pixel border of a (C, H, W)
-    map as soon as they are made (sums in the compute dtype, four numbers per call); ``summary``
-    adds the calls up in float64. So what outlives a call is M, plus S and B for an output.
+    map as soon as they are made (four numbers per call); ``summary`` adds the calls up in float64. So
+    what outlives a call is M, plus S and B for an output. Two implementations of ``add``: ``_fold``, in
+    torch on any device, sums in the compute dtype; on the CPU, with at most ``MAX_FUSED_ROWS`` inputs,
+    ``fused.Sums`` makes one pass with float64 sums (tests compare the two).
     """
 
     def __init__(self, dtype: torch.dtype, share: bool = True,
@@ -78,9 +85,16 @@ class Moments:
         d = y.detach().permute(self.order).reshape(y.shape[0], -1).to(self.compute)
         if self.k == 0:
             self._start(d, tuple(y.shape[1:]))
-        n = self.n
         self.k += 1
-        k = self.k
+        if self.fused is None:
+            self._fold(d)
+            return
+        sums = self.fused.fold(d, self.k)  # the same four numbers, in one pass
+        self.sums.extend([sums[:2], sums[2:]] if self.border is not None else [sums[:2]])
+
+    def _fold(self, d: torch.Tensor) -> None:
+        """The update in torch, on any device: the formulas above as a dozen elementwise operations."""
+        n, k = self.n, self.k
         work = self._buffer("work", d)
         time, sample, spare = rows = self._buffer("rows", d, (3, d.shape[1]))
 
@@ -91,7 +105,7 @@ class Moments:
             self.total_sample.add_(sample)
 
         if k == 1:  # Welford's running mean over the calls starts at Y: no time term yet
-            self.mean = d.clone()  # per input and unit
+            self.mean.copy_(d)
             time.zero_()
         else:
             delta = torch.sub(d, self.mean, out=work)
@@ -113,6 +127,10 @@ class Moments:
         if self.share:
             self.total_sample = d.new_zeros(d.shape[1])  # S, per unit
             self.between = d.new_zeros(d.shape[1])       # B, per unit
+        self.mean = torch.empty_like(d, memory_format=torch.contiguous_format)  # M, per input and unit
+        fused = _fused() if d.device.type == "cpu" and self.n <= MAX_FUSED_ROWS else None
+        self.fused = None if fused is None else fused.Sums(self.mean, self._edge_mask(d), *(
+            (self.total_sample, self.between) if self.share else (None, None)))
 
     def _sum_rows(self, x: torch.Tensor, out: torch.Tensor, squares: bool = False) -> torch.Tensor:
         """Σ over the rows of x (of x² with ``squares``, which may overwrite x), per unit: x[0] itself for one row."""
@@ -130,6 +148,15 @@ class Moments:
             self.scratch[key] = mask.permute([i - 1 for i in self.order[1:]]).reshape(-1).nonzero().squeeze(1)
         return self.scratch[key]
 
+    def _edge_mask(self, d: torch.Tensor) -> torch.Tensor:
+        """1.0 at the border positions (``_border``), 0.0 elsewhere, float64, per unit; cached per layout."""
+        key = ("edge mask", self.shape, tuple(self.order), d.device)
+        if key not in self.scratch:
+            mask = self.scratch[key] = torch.zeros(d.shape[1], dtype=torch.float64, device=d.device)
+            if self.border is not None:
+                mask[self.border] = 1.0
+        return self.scratch[key]
+
     def _buffer(self, tag: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """A work buffer from the shared scratch pool (the sites are folded in one after another)."""
         shape = tuple(like.shape) if shape is None else shape
@@ -141,7 +168,7 @@ class Moments:
 
     def summary(self) -> Summary:
         """SNR, interior SNR (a (C, H, W) map of at least 3×3) and η² (NaN unless ``share``)."""
-        k, n = self.k, self.n
+        k = self.k
         if k < 2:
             raise ValueError(f"{k} timestep(s) were added; the statistics need K >= 2")
         # Σ_{k,n,u} (Y − mean_k Y)² and Σ_{k,n,u} (Y − mean_n Y)², over all units [and over the border]
@@ -155,20 +182,39 @@ class Moments:
             (time_border, sample_border), = border
             inside = _ratio(max(0.0, time - time_border), max(0.0, sample - sample_border))
         eta2 = math.nan
-        if self.share:  # per unit, in the compute dtype, each term scaled by K·N (which η² cancels)
-            tiny = torch.finfo(self.compute).tiny
-            total = torch.add(self.total_sample, self.between, alpha=n)  # K·N·Var_{k,n} Y = S + N·B
-            level = torch.mv(self.mean.T, self.ones)                      # N·mean_{k,n} Y
+        if self.share:
             # a unit varies when its variance is above the rounding level of its values in the captured dtype:
-            # Var > eps²·(Var + mean²) + tiny, times K·N (a 0/1 mask; written with out= as the bool one is slow)
+            # Var > eps²·(Var + mean²) + tiny
             eps2 = torch.finfo(self.dtype).eps ** 2 if self.dtype.is_floating_point else 0.0
-            threshold = torch.addcmul(total, level, level, value=k / n).mul_(eps2).add_(tiny * k * n)
-            varies = torch.gt(total, threshold, out=threshold)
-            count = float(varies.sum())
-            if count:  # Var_k(mean_n Y) / Var_{k,n} Y = N·B / (S + N·B), over the units that vary
-                share = torch.div(self.between, total.clamp_min_(tiny), out=level).mul_(varies)
-                eta2 = n * float(share.sum(dtype=torch.float64)) / count
+            tiny = torch.finfo(self.compute).tiny
+            fn = self._time_share if self.fused is None else self.fused.time_share
+            shares, count = fn(k, eps2, tiny)
+            if count:
+                eta2 = shares / count
         return Summary(snr=whole, time_share=eta2, interior_snr=inside)
+
+    def _time_share(self, k: int, eps2: float, tiny: float) -> tuple[float, int]:
+        """Σ over the units that vary of Var_k(mean_n Y) / Var_{k,n} Y = N·B / (S + N·B), and their number.
+
+        Per unit, in the compute dtype, each term scaled by K·N (which the ratio cancels).
+        """
+        n = self.n
+        total = torch.add(self.total_sample, self.between, alpha=n)  # K·N·Var_{k,n} Y = S + N·B
+        level = torch.mv(self.mean.T, self.ones)                      # N·mean_{k,n} Y
+        # varies: K·N·Var > eps²·K·N·(Var + mean²) + K·N·tiny (a 0/1 mask; written with out= as the bool one is slow)
+        threshold = torch.addcmul(total, level, level, value=k / n).mul_(eps2).add_(tiny * k * n)
+        varies = torch.gt(total, threshold, out=threshold)
+        share = torch.div(self.between, total.clamp_min_(tiny), out=level).mul_(varies)
+        return n * float(share.sum(dtype=torch.float64)), int(varies.sum())
+
+
+@functools.cache
+def _fused() -> types.ModuleType | None:
+    """``awareness.fused`` when numba can be imported, else None (``Moments`` then folds in with torch)."""
+    try:
+        return importlib.import_module(".fused", __package__)
+    except ImportError:
+        return None
 
 
 def summarize(y: torch.Tensor, share: bool = True) -> Summary:
