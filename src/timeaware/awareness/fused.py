@@ -34,7 +34,7 @@ def _fold(rows: tuple[np.ndarray, ...], means: tuple[np.ndarray, ...], k: int, b
         f_sum = f_squares = d_sum = d_squares = 0.0
         for i in range(n):
             y = np.float64(rows[i][u])
-            m = np.float64(means[i][u]) if k > 1 else y  # M = Y at the first call
+            m = np.float64(means[i][u]) if k > 1 else y  # M = Y at the first call (nothing to read)
             f = y - first
             f_sum += f
             f_squares += f * f
@@ -43,14 +43,14 @@ def _fold(rows: tuple[np.ndarray, ...], means: tuple[np.ndarray, ...], k: int, b
             d_sum += d
             d_squares += d * d
         sample = f_squares - f_sum * f_sum * per_row  # N·Var_n Y
-        edge = border[u]
+        edge = np.float64(border[u])
         time_all += d_squares                          # Σ_n δ², weighted by (k − 1)/k in ``Moments.summary``
         sample_all += sample
         time_border += d_squares * edge
         sample_border += sample * edge
-        if share:
-            sample_sum[u] += sample
-            between[u] += weight * (d_sum * per_row) ** 2
+        if share:  # S and B start at the first call (nothing to read)
+            sample_sum[u] = (sample_sum[u] if k > 1 else 0.0) + sample
+            between[u] = (between[u] if k > 1 else 0.0) + weight * (d_sum * per_row) ** 2
     out[0], out[1], out[2], out[3] = time_all, sample_all, time_border, sample_border
 
 
@@ -71,11 +71,15 @@ def _time_share(means: tuple[np.ndarray, ...], k: int, sample_sum: np.ndarray, b
 
 
 class Sums:
-    """One ``Moments``' M (N, U), border mask (U,) and, for an output, S and B (U,), seen as numpy arrays."""
+    """One ``Moments``' M (N, U), border mask (U,) and, for an output, S and B (U,), seen as numpy arrays.
 
-    def __init__(self, mean: torch.Tensor, border: torch.Tensor, sample_sum: torch.Tensor | None,
+    ``border`` is ``metrics.border_mask`` (uint8: one byte per unit to read), None for no border.
+    """
+
+    def __init__(self, mean: torch.Tensor, border: torch.Tensor | None, sample_sum: torch.Tensor | None,
                  between: torch.Tensor | None) -> None:
-        self.means, self.border = tuple(mean.numpy()), border.numpy()
+        self.means = tuple(mean.numpy())
+        self.border = np.zeros(mean.shape[1], np.uint8) if border is None else border.numpy()
         self.share = sample_sum is not None and between is not None
         self.sample_sum = np.empty(0) if sample_sum is None else sample_sum.numpy()
         self.between = np.empty(0) if between is None else between.numpy()

@@ -90,7 +90,7 @@ class Moments:
             self._fold(d)
             return
         sums = self.fused.fold(d, self.k)  # the same four numbers, in one pass
-        self.sums.extend([sums[:2], sums[2:]] if self.border is not None else [sums[:2]])
+        self.sums.append(sums if self.edges is not None else sums[:2])
 
     def _fold(self, d: torch.Tensor) -> None:
         """The update in torch, on any device: the formulas above as a dozen elementwise operations."""
@@ -101,12 +101,16 @@ class Moments:
         f = torch.sub(d[1:], d[0], out=work[1:])
         s = self._sum_rows(f, spare)                                               # Σ_n f
         torch.addcmul(self._sum_rows(f, time, squares=True), s, s, value=-1.0 / n, out=sample)  # N·Var_n Y
-        if self.share:
+        if self.share and k == 1:
+            self.total_sample.copy_(sample)
+        elif self.share:
             self.total_sample.add_(sample)
 
         if k == 1:  # Welford's running mean over the calls starts at Y: no time term yet
             self.mean.copy_(d)
             time.zero_()
+            if self.share:
+                self.between.zero_()
         else:
             delta = torch.sub(d, self.mean, out=work)
             self.mean.add_(delta, alpha=1.0 / k)
@@ -116,21 +120,24 @@ class Moments:
             self._sum_rows(delta, time, squares=True)  # Σ_n δ², weighted by (k − 1)/k in summary
         pair = rows[:2]
         self.sums.append(pair.sum(1))
-        if self.border is not None:
-            edge = torch.index_select(pair, 1, self.border, out=self._buffer("edge", d, (2, self.border.numel())))
+        if self.edges is not None:
+            border = self._border(self.edges, d.device)
+            edge = torch.index_select(pair, 1, border, out=self._buffer("edge", d, (2, border.numel())))
             self.sums.append(edge.sum(1))
 
     def _start(self, d: torch.Tensor, shape: tuple[int, ...]) -> None:
+        """Allocate M (and S, B); the first call fills them, so nothing is zeroed here."""
         self.n, self.shape = d.shape[0], shape
-        self.ones = d.new_ones(self.n)
-        self.border = self._border(d.device) if len(shape) == 3 and min(shape[1:]) >= 3 else None
+        self.edges = border_mask(shape, tuple(self.order)) if len(shape) == 3 and min(shape[1:]) >= 3 else None
         if self.share:
-            self.total_sample = d.new_zeros(d.shape[1])  # S, per unit
-            self.between = d.new_zeros(d.shape[1])       # B, per unit
+            self.total_sample = d.new_empty(d.shape[1])  # S, per unit
+            self.between = d.new_empty(d.shape[1])       # B, per unit
         self.mean = torch.empty_like(d, memory_format=torch.contiguous_format)  # M, per input and unit
         fused = _fused() if d.device.type == "cpu" and self.n <= MAX_FUSED_ROWS else None
-        self.fused = None if fused is None else fused.Sums(self.mean, self._edge_mask(d), *(
+        self.fused = None if fused is None else fused.Sums(self.mean, self.edges, *(
             (self.total_sample, self.between) if self.share else (None, None)))
+        if self.fused is None:
+            self.ones = d.new_ones(self.n)
 
     def _sum_rows(self, x: torch.Tensor, out: torch.Tensor, squares: bool = False) -> torch.Tensor:
         """Σ over the rows of x (of x² with ``squares``, which may overwrite x), per unit: x[0] itself for one row."""
@@ -138,23 +145,11 @@ class Moments:
             return torch.mul(x[0], x[0], out=out) if squares else x[0]
         return torch.mv((x.square_() if squares else x).T, self.ones[:x.shape[0]], out=out)
 
-    def _border(self, device: torch.device) -> torch.Tensor:
-        """Positions, in memory order, of the 1-pixel border of the (C, H, W) map; cached per layout."""
+    def _border(self, edges: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Positions of the border units (``edges``' ones) on ``device``, for the torch update; cached per layout."""
         key = ("border", self.shape, tuple(self.order), device)
         if key not in self.scratch:
-            mask = torch.zeros(self.shape, dtype=torch.bool, device=device)
-            mask[:, [0, -1]] = True
-            mask[:, :, [0, -1]] = True
-            self.scratch[key] = mask.permute([i - 1 for i in self.order[1:]]).reshape(-1).nonzero().squeeze(1)
-        return self.scratch[key]
-
-    def _edge_mask(self, d: torch.Tensor) -> torch.Tensor:
-        """1.0 at the border positions (``_border``), 0.0 elsewhere, float64, per unit; cached per layout."""
-        key = ("edge mask", self.shape, tuple(self.order), d.device)
-        if key not in self.scratch:
-            mask = self.scratch[key] = torch.zeros(d.shape[1], dtype=torch.float64, device=d.device)
-            if self.border is not None:
-                mask[self.border] = 1.0
+            self.scratch[key] = edges.nonzero().squeeze(1).to(device)
         return self.scratch[key]
 
     def _buffer(self, tag: str, like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -206,6 +201,18 @@ class Moments:
         varies = torch.gt(total, threshold, out=threshold)
         share = torch.div(self.between, total.clamp_min_(tiny), out=level).mul_(varies)
         return n * float(share.sum(dtype=torch.float64)), int(varies.sum())
+
+
+@functools.lru_cache(maxsize=256)
+def border_mask(shape: tuple[int, ...], order: tuple[int, ...]) -> torch.Tensor:
+    """1 on the 1-pixel border of a (C, H, W) map, 0 inside, per unit in memory order ``order`` (uint8, CPU).
+
+    Cached for the process: every audit of a model meets the same few layouts.
+    """
+    mask = torch.zeros(shape, dtype=torch.uint8)
+    mask[:, [0, -1]] = 1
+    mask[:, :, [0, -1]] = 1
+    return mask.permute([i - 1 for i in order[1:]]).reshape(-1).contiguous()
 
 
 @functools.cache
