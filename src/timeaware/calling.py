@@ -62,6 +62,12 @@ class Input:
         return {"shape": list(self.shape), "kind": self.kind, "high": self.high}
 
 
+def model_dtype(model: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype of the model's first floating parameter or buffer: the dtype its inputs must have."""
+    tensors = (*model.parameters(), *model.buffers())
+    return next((v.dtype for v in tensors if v.is_floating_point()), default)
+
+
 @dataclass(frozen=True)
 class ModelCall:
     """How to call a model with (x, t) and what to feed it.
@@ -121,13 +127,16 @@ class ModelCall:
     def timesteps(self, k: int) -> torch.Tensor:
         return self.domain.grid(k)
 
-    def example(self, n: int, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """N random inputs and their extra inputs, from one seeded generator."""
+    def example(self, n: int, seed: int = 0, dtype: torch.dtype = torch.float32,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """N random inputs and their extra inputs, from one seeded generator; floating ones in ``dtype``
+        (the model's: ``model_dtype``), drawn in float32 so that every dtype sees the same values."""
         if self.input_shape is None:
             raise ValueError("the input shape is unknown; give it (--input-shape, e.g. 3,32,32 or 2,64)")
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, *self.input_shape, generator=gen)
-        return x, {name: spec.make(n, gen) for name, spec in self.extras}
+        x = torch.randn(n, *self.input_shape, generator=gen).to(dtype)
+        extras = {name: spec.make(n, gen) for name, spec in self.extras}
+        return x, {name: v.to(dtype) if v.is_floating_point() else v for name, v in extras.items()}
 
     def invoke(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

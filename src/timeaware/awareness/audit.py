@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calling import ModelCall, as_call, output_tensor
+from ..calling import ModelCall, as_call, model_dtype, output_tensor
 from ..validate import check_positive, choice
 from .metrics import Moments, survival, verdict
 from .norms import channels_per_unit, select_layers
@@ -190,6 +190,9 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
         capture.start(k_idx, n_idx, device)
         xb, tb, eb = inputs(i)
         out = _call(fn, model, xb, tb, eb)
+        if out.ndim == 0 or out.shape[0] != xb.shape[0]:
+            raise ValueError(f"the model returned a tensor of shape {tuple(out.shape)} for {xb.shape[0]} inputs; the "
+                             "audit needs one output row per input (give the network that maps x, not a solver)")
         if not _finite(out):
             raise ValueError(_first_nonfinite(model, fn, xb, tb, eb, hooked))
         if version is not None and x._version != version:
@@ -265,8 +268,7 @@ def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
 
 
 def _dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
-    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
-    return floats[0] if floats else (x.dtype if x.is_floating_point() else torch.get_default_dtype())
+    return model_dtype(model, x.dtype if x.is_floating_point() else torch.get_default_dtype())
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:

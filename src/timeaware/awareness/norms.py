@@ -12,6 +12,7 @@ import fnmatch
 import re
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 TORCH_NORMS: tuple[type[nn.Module], ...] = (
@@ -36,11 +37,27 @@ def channels_per_unit(module: nn.Module) -> int | None:
     """
     if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
         return 1
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels // module.num_groups
+    grouped = groups_of(module)
+    if grouped is not None:
+        return grouped[1] // grouped[0]
     if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) >= 3:
         return int(module.normalized_shape[-3])  # normalizes (C, H, W): one unit holds all C channels
     return None
+
+
+def groups_of(module: nn.Module) -> tuple[int, int] | None:
+    """(groups, channels) of a group normalization: torch's GroupNorm and its subclasses, or any normalization
+    that keeps an integer ``num_groups`` and its channel count (EDM's own ``GroupNorm``); None for others."""
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups, module.num_channels
+    groups = getattr(module, "num_groups", None)
+    if not is_norm(module) or isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        return None
+    channels = getattr(module, "num_channels", None)
+    weight = getattr(module, "weight", None)
+    if not isinstance(channels, int) and isinstance(weight, torch.Tensor) and weight.ndim == 1:
+        channels = int(weight.numel())
+    return (groups, channels) if isinstance(channels, int) and channels >= groups else None
 
 
 def select_layers(model: nn.Module, layers: Sequence[str] | None = None, *,

@@ -18,15 +18,19 @@ exactly zero runs through parameters that are zero at initialisation (``zero_mod
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..calling import ModelCall, output_tensor
+from ..calling import ModelCall, model_dtype, output_tensor
 from .norms import channels_per_unit, is_norm
+
+HALF = (torch.float16, torch.bfloat16)
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -103,21 +107,56 @@ class TimeTrace:
 
 def trace_time(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None) -> TimeTrace:
-    """Find the time sites of ``model``: x holds >= 2 inputs, t >= 2 distinct timesteps (the first two are used)."""
+    """Find the time sites of ``model``: x holds >= 2 inputs, t >= 2 distinct timesteps (the first two are used).
+
+    A float16 / bfloat16 model is traced in float32 (and put back exactly): the tests that tell an offset from
+    a modulation compare gradients to 1e-4, below half precision's rounding.
+    """
+    if model_dtype(model) in HALF:
+        with _in_float32(model):
+            up = {k: v.float() if v.dtype in HALF else v for k, v in (extras or {}).items()}
+            return trace_time(model, call, x.float(), t.float() if t.dtype in HALF else t, up)
     one = {k: v[:1] for k, v in (extras or {}).items()}  # the same conditioning for every row: only x varies
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
         branch = _time_branch(model, call, x[:2], t[:2], {k: v.expand(2, *v.shape[1:]) for k, v in one.items()})
-        rows = [_dependencies(model, call, x[i:i + 1], t[1:2], one, branch) for i in range(2)]
+        traced = t[1:2]
+        if not t.is_floating_point() and not branch:  # nothing depends on t alone: follow t itself, as a float
+            traced = t[1:2].to(model_dtype(model))
+        try:
+            rows = [_dependencies(model, call, x[i:i + 1], traced, one, branch) for i in range(2)]
+        except (RuntimeError, TypeError, IndexError) as err:
+            if traced is t[1:2]:
+                raise
+            raise ValueError(f"no module's output depends on t alone and the model refused t = {t[1].item()} as a "
+                             f"float ({type(err).__name__}), so the tracer cannot follow t; give floating "
+                             "timesteps (--time-domain continuous) or a ModelCall with embedding") from None
     finally:
         for module, flag in flags.items():
             module.training = flag
             held = vars(module).get("t")  # torchdyn's DepthCat keeps the last t: keep its value, drop the graph
             if isinstance(held, torch.Tensor) and held.requires_grad:
                 module.t = held.detach()
+    if not all(bool(torch.isfinite(row["output"]).all()) for row in rows):
+        raise ValueError(f"the model produced NaN or inf at t = {t[1].item()}; tracing needs finite outputs "
+                         "(check the time domain, e.g. --t-range or --time-domain, and the weights)")
     zero = [name for name, p in model.named_parameters() if p.numel() and not name.endswith("bias") and not p.any()]
     return _classify(rows, sorted(branch), zero)
+
+
+@contextlib.contextmanager
+def _in_float32(model: nn.Module) -> Iterator[None]:
+    """The model's half-precision parameters and buffers in float32 for the block, then exactly as they were."""
+    tensors = [v for v in (*model.parameters(), *model.buffers()) if v.dtype in HALF]
+    kept = [v.data for v in tensors]
+    try:
+        for v in tensors:
+            v.data = v.data.float()
+        yield
+    finally:
+        for v, data in zip(tensors, kept):
+            v.data = data
 
 
 def _calls(model: nn.Module, on_call: Any, counts: dict[str, int]) -> list[Any]:

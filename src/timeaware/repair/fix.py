@@ -8,17 +8,18 @@ after the norm and ``fix`` says that nothing needs fixing.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..awareness import AuditReport, LayerAudit, audit
+from ..awareness.norms import groups_of
 from ..awareness.trace import TimeTrace, trace_time
-from ..calling import ModelCall
+from ..calling import ModelCall, model_dtype
 from ..specs import describe
-from ..validate import check_positive
+from ..validate import check_positive, check_type
 from .surgery import add_positional, regroup, zero_operand_bias
 
 POSITIONAL_FORMS = ("linear", "mlp")
@@ -26,7 +27,8 @@ POSITIONAL_FORMS = ("linear", "mlp")
 
 @dataclass
 class FixResult:
-    """The fixed model, what changed, the sites, and the audit before and after (same call, mode and inputs)."""
+    """The fixed model, what changed, what was asked but does not apply (``skipped``), the sites, and the audit
+    before and after (same call, mode and inputs)."""
 
     model: nn.Module
     changes: list[str]
@@ -35,6 +37,7 @@ class FixResult:
     trace: TimeTrace
     before: AuditReport | None = None
     after: AuditReport | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def needed(self) -> bool:
@@ -46,21 +49,22 @@ class FixResult:
             return []
         before = {row.name: row for row in self.before.layers}
         after = {row.name: row for row in self.after.layers}
-        # a norm given a positional map is hooked as <name>.norm afterwards, its input now h + p(t)
-        return [(s.norm, before[s.norm], after.get(s.norm) or after[f"{s.norm}.norm"])
-                for s in self.trace.sites if s.norm in before and (s.norm in after or f"{s.norm}.norm" in after)]
+        return [(s.norm, before[s.norm], after.get(s.norm) or after[_wrapped(s.norm)])
+                for s in self.trace.sites if s.norm in before and (s.norm in after or _wrapped(s.norm) in after)]
 
     def to_dict(self) -> dict[str, Any]:
         sites = [{"norm": n, "survival_before": b.survival, "survival_after": a.survival,
                   "interior_survival_before": b.interior_survival, "interior_survival_after": a.interior_survival,
                   "verdict_before": b.verdict, "verdict_after": a.verdict} for n, b, a in self.survival()]
-        return {"options": self.options, "call": self.call.to_dict(), "changes": self.changes, "sites": sites,
+        return {"options": self.options, "call": self.call.to_dict(), "changes": self.changes,
+                "skipped": self.skipped, "sites": sites,
                 "trace": self.trace.explain(),
                 "before": self.before.to_dict() if self.before else None,
                 "after": self.after.to_dict() if self.after else None}
 
     def __str__(self) -> str:
         lines = [self.trace.explain(), f"fix: {len(self.changes)} change(s)"] + [f"  {c}" for c in self.changes]
+        lines += [f"  not applied: {s}" for s in self.skipped]
         rows = self.survival()
         if rows:
             mode = self.before.settings.get("mode") if self.before else "?"
@@ -82,7 +86,8 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
     positional         True / "linear" / "mlp": a positional timestep embedding at every unprotected site
                        (a model given a time embedding instead of t always gets the MLP form on it)
     zero_operand_bias  zero the bias of each site's operand conv (changes the output)
-    groups             regroup every GroupNorm (subclasses too) to this many groups, keeping its parameters
+    groups             regroup every group norm (``norms.groups_of``) to this many groups, keeping its parameters;
+                       sites whose norm has no groups are listed in ``result.skipped``
     preserve_output    start the positional maps at zero so the output is unchanged at the moment of the fix
     call               how the model is called (default: ``specs.describe``); ``example``/``extras`` the
                        inputs (default: ``samples`` random ones of the call's shape, seeded)
@@ -90,13 +95,15 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
     Nothing is changed when the model has no site (``result.needed`` is False) or a request is invalid.
     """
     form = _form(positional)
+    if call is not None:  # the fixed model reads t from each of its calls as a ModelCall says; a function cannot
+        check_type("call", call, ModelCall)
     if groups is not None:
         check_positive("groups", groups)
     if not (form or zero_operand_bias or groups):
         raise ValueError("nothing to fix: ask for positional, zero_operand_bias and/or groups")
     call = call or describe(model)
     if example is None:
-        example, made = call.example(samples, seed)
+        example, made = call.example(samples, seed, model_dtype(model))
         extras = {**made, **(extras or {})}
     extras = extras or {}
     timesteps = call.timesteps(8) if timesteps is None else timesteps
@@ -114,10 +121,10 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
     before = measure(model)
     if not inplace:
         model = copy.deepcopy(model)
-    options["sites"] = {s.norm: list(s.size) for s in trace.sites if not s.protected}
+    options["sites"] = _site_modules(trace)
     options["operands"] = sorted({s.operand for s in trace.sites if s.operand})
     changes = apply_fix(model, options, call, preserve_output, zero_operand_bias)
-    return FixResult(model, changes, options, call, trace, before, measure(model))
+    return FixResult(model, changes, options, call, trace, before, measure(model), _ungrouped(model, trace, groups))
 
 
 def apply_fix(model: nn.Module, options: dict[str, Any], call: ModelCall, preserve: bool = True,
@@ -141,6 +148,36 @@ def apply_fix(model: nn.Module, options: dict[str, Any], call: ModelCall, preser
             start = ", starts at 0" if preserve else ""
             changes.append(f"{name}: positional timestep embedding {size} ({kind}{start})")
     return changes
+
+
+def _ungrouped(model: nn.Module, trace: TimeTrace, groups: int | None) -> list[str]:
+    """The sites whose normalization ``groups`` cannot change: it has no groups (InstanceNorm, BatchNorm …)."""
+    if not groups:
+        return []
+    names = dict.fromkeys(site.norm.split("#")[0] for site in trace.sites)
+    norms = {name: model.get_submodule(name) for name in names}
+    return [f"{name}: groups={groups} does not apply to {type(norm).__name__} (it has no groups)"
+            for name, norm in norms.items() if groups_of(getattr(norm, "norm", norm)) is None]
+
+
+def _wrapped(site: str) -> str:
+    """The audit's name for a site's norm once wrapped with a positional map: <module>.norm[#i], input h + p(t)."""
+    module, mark, repeat = site.partition("#")
+    return f"{module}.norm{mark}{repeat}"
+
+
+def _site_modules(trace: TimeTrace) -> dict[str, list[int]]:
+    """Norm module → its input's spatial size, for the unprotected sites; a module called several times per
+    pass (``norm#1`` …: tied or recurrent blocks) is one module to wrap, so its calls must share a size."""
+    sizes: dict[str, list[int]] = {}
+    for site in trace.sites:
+        if site.protected:
+            continue
+        module = site.norm.split("#")[0]
+        if sizes.setdefault(module, list(site.size)) != list(site.size):
+            raise ValueError(f"{module} is called on maps of sizes {sizes[module]} and {list(site.size)} in one pass; "
+                             "one positional map cannot serve both: fix without positional, or wrap it yourself")
+    return sizes
 
 
 def _form(positional: bool | str | None) -> str | None:

@@ -6,8 +6,9 @@
   from a ``TimeClock``: a forward pre-hook on the whole model reads it from each call as the model's
   ``ModelCall`` says (argument, keyword, torchdyn attribute, concatenated column, or time embedding).
 * fix 2: the bias of the site's operand conv (the conv whose output meets the time offset) starts at zero.
-* fix 3: every GroupNorm, subclasses included, is regrouped in place: its class, eps and affine parameters
-  stay, only the number of groups changes.
+* fix 3: every group normalization (``norms.groups_of``: torch's GroupNorm and subclasses, or a norm with a
+  ``num_groups`` attribute, as EDM's) is regrouped in place: its class, eps and affine parameters stay, only
+  the number of groups changes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calling import ModelCall
+from ..awareness.norms import groups_of
+from ..calling import ModelCall, model_dtype
 from ..config import TimeAware, divisors
 from ..embeddings import as_time, make_time_map
 
@@ -91,8 +93,8 @@ def add_positional(model: nn.Module, norms: dict[str, tuple[int, ...]], call: Mo
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         norm = parent.get_submodule(child)
-        device = next((p.device for p in norm.parameters()), None)
-        maps[size].to(device=device)
+        weight = next(iter((*norm.parameters(), *norm.buffers())), None)
+        maps[size].to(device=None if weight is None else weight.device, dtype=model_dtype(model))
         setattr(parent, child, NormWithPositionalMap(norm, maps[size], clock))
         done.append(name)
     return done
@@ -110,19 +112,15 @@ def zero_operand_bias(model: nn.Module, operands: list[str]) -> list[str]:
     return zeroed
 
 
-def group_norms(model: nn.Module) -> list[tuple[str, nn.GroupNorm]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)]
-
-
 def regroup(model: nn.Module, groups: int) -> list[str]:
-    """Set every GroupNorm (subclasses too) to ``groups`` groups in place; returns the names it changed."""
-    norms = group_norms(model)
-    bad = [(n, m.num_channels) for n, m in norms if m.num_channels % groups]
+    """Set every group normalization (``groups_of``) to ``groups`` groups in place; returns the names it changed."""
+    norms = [(n, m, grouped) for n, m in model.named_modules() if (grouped := groups_of(m)) is not None]
+    bad = [(n, channels) for n, _, (_, channels) in norms if channels % groups]
     if bad:
         name, channels = bad[0]
         raise ValueError(f"groups={groups} does not divide the {channels} channels of {name}; allowed: "
                          f"{', '.join(map(str, divisors(channels)))} (a divisor of every GroupNorm's channels)")
-    changed = [n for n, m in norms if m.num_groups != groups]
-    for _, norm in norms:
+    changed = [n for n, _, (had, _) in norms if had != groups]
+    for _, norm, _ in norms:
         norm.num_groups = groups
     return changed

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calling import Input, ModelCall, holds_time
+from ..calling import Input, ModelCall, holds_time, model_dtype
 from ..embeddings import UNIT_INTERVAL, TimeDomain
 
 TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "sigma", "sigmas", "noise_labels", "noise_level",
@@ -32,7 +32,20 @@ def describe(model: nn.Module, **overrides: Any) -> ModelCall:
     """How to call ``model`` with (x, t); ``overrides`` replace detected fields (``ModelCall``'s names)."""
     stated = getattr(model, "timeaware_call", None)
     call = stated() if callable(stated) else _diffusers(model) or _from_signature(model)
-    return call.replace(**{k: v for k, v in overrides.items() if v is not None}) if overrides else call
+    if overrides:
+        call = call.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return _without_time_extra(call, [p.name for p in forward_parameters(model)])
+
+
+def _without_time_extra(call: ModelCall, names: list[str]) -> ModelCall:
+    """Drop a detected extra input that is the argument t goes into (``forward(x, y)`` of NCSN: y is the noise
+    level, also a label name): one argument cannot carry both."""
+    time_name = call.time_arg
+    if time_name is None and call.convention == "xt" and len(names) > 1:
+        time_name = names[1]
+    if time_name is None or time_name not in call.inputs:
+        return call
+    return call.replace(extras=tuple((name, spec) for name, spec in call.extras if name != time_name))
 
 
 def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
@@ -186,13 +199,18 @@ def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) 
         model.train(call.mode == "train")
         for shape in shapes:
             trial = call.replace(input_shape=shape)
-            x, extras = trial.example(n)
+            x, extras = trial.example(n, dtype=model_dtype(model))
             try:
                 with torch.no_grad():
-                    trial.invoke(model, x, trial.timesteps(2)[:1].expand(n), extras)
-                return trial
-            except (TypeError, RuntimeError, ValueError, IndexError, KeyError, AssertionError) as err:
+                    out = trial.invoke(model, x, trial.timesteps(2)[:1].expand(n), extras)
+            except (TypeError, RuntimeError, ValueError, IndexError, KeyError, AssertionError, AttributeError) as err:
                 first = first or err  # the error of the shape as detected is the one to report
+                continue
+            if out.ndim == 0 or out.shape[0] != n:  # a solver's (t_eval, trajectory), not a vector field
+                raise ValueError(f"{type(model).__name__} called as {trial.name} returns a tensor of shape "
+                                 f"{tuple(out.shape)} for {n} inputs (its first tensor), not one output per input; "
+                                 "give the network inside it that maps x to its output (a torchdyn NeuralODE's .vf)")
+            return trial
     finally:
         model.train(was)
     shape = tuple(call.input_shape or ())
@@ -213,5 +231,7 @@ def _hint(model: nn.Module, call: ModelCall) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
+    """The error's first line; its last when the first opens a module's repr (``Net(`` … ``).forward() got …``)."""
+    text = [line for line in str(err).strip().splitlines() if line.strip()]
+    line = "" if not text else text[-1] if text[0].endswith("(") else text[0]
+    return f"{type(err).__name__}: {line.strip()}"

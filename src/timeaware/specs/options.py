@@ -102,9 +102,8 @@ def resolve(args: argparse.Namespace) -> Resolved:
     check_memory(args.samples * per_input * (args.timesteps + 4),  # inputs, plus the audit's per-layer sums
                  f"--samples {args.samples} inputs of shape {','.join(map(str, call.input_shape))}")
     call = probe(model, call, guessed=not args.input_shape)
-    x, extras = call.example(args.samples, args.seed)
-    return Resolved(model, record, call, x.to(dtype), {k: v.to(dtype) if v.is_floating_point() else v
-                                                      for k, v in extras.items()}, call.timesteps(args.timesteps))
+    x, extras = call.example(args.samples, args.seed, dtype)
+    return Resolved(model, record, call, x, extras, call.timesteps(args.timesteps))
 
 
 def _load(spec: str, pairs: list[str], trust_code: bool) -> tuple[nn.Module, dict[str, Any]]:

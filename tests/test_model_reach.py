@@ -1,0 +1,246 @@
+"""Models at the edge of what the audit and ``fix`` read: other dtypes, solver wrappers, shared norms, t that
+only enters as a number, duck-typed group norms, NCSN's ``forward(x, y)``. Small in-test modules with the
+block structure and call convention of the originals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timeaware.awareness import audit
+from timeaware.awareness.trace import trace_time
+from timeaware.calling import Input, ModelCall
+from timeaware.cli import main
+from timeaware.repair import fix
+from timeaware.specs import describe, probe
+
+
+class OffsetNet(nn.Module):
+    """conv(x) + Linear(t) per channel, then a norm with one channel per unit: the paper's vanishing site."""
+
+    def __init__(self, channels: int = 8, norm: str = "group") -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+        self.time = nn.Linear(1, channels)
+        self.norm = nn.GroupNorm(channels, channels) if norm == "group" else nn.InstanceNorm2d(channels, affine=True)
+        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x) + self.time(t.to(x.dtype).view(-1, 1) / 1000)[:, :, None, None]
+        return self.out(F.silu(self.norm(h)))
+
+
+def offset_net() -> OffsetNet:  # a factory for the CLI
+    torch.manual_seed(0)
+    return OffsetNet()
+
+
+def _site_verdicts(model: nn.Module, dtype: torch.dtype) -> tuple[str, bool]:
+    call = describe(model).replace(input_shape=(3, 8, 8))
+    x, _ = call.example(4, dtype=dtype)
+    report = audit(model, x, call.timesteps(4), call=call)
+    verdict = next(r.verdict for r in report.layers if r.name == "norm")
+    return verdict, trace_time(model, call, x, call.timesteps(2)).needs_fix
+
+
+def test_a_bfloat16_model_reads_as_its_float32_self_and_is_put_back_exactly() -> None:
+    model = OffsetNet().eval()
+    assert _site_verdicts(model, torch.float32) == ("vanished", True)
+    half = OffsetNet().eval()
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in half.state_dict().items()}
+    assert _site_verdicts(half, torch.bfloat16) == ("vanished", True)  # traced in float32, not "protected"
+    after = half.state_dict()
+    assert all(after[k].dtype == torch.bfloat16 and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_the_cli_computes_in_float64_with_inputs_of_the_model_dtype(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    small = ["--samples", "2", "--timesteps", "3", "--dtype", "float64"]
+    assert main(["audit", "node-func", *small, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["dtype"] == "float64"
+    out = tmp_path / "fixed"
+    assert main(["fix", "test_model_reach:offset_net", *small, "--input-shape", "3,8,8", "--positional", "mlp",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["sites"] and report["after"]["summary"]["dtype"] == "float64"
+
+
+@pytest.mark.parametrize("positional", ["linear", "mlp"])
+def test_fix_builds_the_maps_in_the_dtype_of_a_float64_model(positional: str) -> None:
+    model = OffsetNet().double().eval()
+    result = fix(model, positional=positional, preserve_output=False, samples=4)  # inputs made in float64
+    assert result.needed and result.changes
+    assert {p.dtype for p in result.model.parameters()} == {torch.float64}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)  # the shape describe guessed for the fix
+    assert result.model(x, torch.tensor([1, 500])).dtype == torch.float64
+
+
+class Solver(nn.Module):
+    """torchdyn's NeuralODE: forward(x, t_span) returns (t_eval, trajectory), not one output per input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vf = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(8, 8), nn.Conv2d(8, 3, 3, padding=1))
+        self.t_span = torch.linspace(0, 1, 5)
+
+    def forward(self, x: torch.Tensor, *_: object) -> tuple[torch.Tensor, torch.Tensor]:
+        trajectory = [x]
+        for a, b in zip(self.t_span[:-1], self.t_span[1:]):
+            trajectory.append(trajectory[-1] + (b - a) * self.vf(trajectory[-1]))
+        return self.t_span, torch.stack(trajectory)
+
+
+def test_a_solver_wrapper_is_refused_in_one_line_naming_what_it_returned() -> None:
+    model = Solver()
+    call = ModelCall(convention="xt", input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"returns a tensor of shape \(5,\) for 2 inputs.*\.vf"):
+        probe(model, call)
+    with pytest.raises(ValueError, match=r"returned a tensor of shape \(5,\) for 3 inputs; the audit needs one"):
+        audit(model, torch.randn(3, 3, 8, 8), [0.0, 1.0])
+
+
+class Tied(nn.Module):
+    """One block applied twice per pass (weight tying, a recurrent step): its norm is two sites, norm and norm#1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.time = nn.Linear(1, 4)
+        self.norm = nn.GroupNorm(4, 4)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        offset = self.time(t.float().view(-1, 1) / 1000)[:, :, None, None]
+        for _ in range(2):
+            x = x + F.silu(self.norm(self.conv(x) + offset))
+        return x
+
+
+def test_fix_wraps_a_norm_called_twice_once_and_both_calls_get_the_map() -> None:
+    model = Tied().eval()
+    call = describe(model).replace(input_shape=(4, 8, 8))
+    result = fix(model, call=call, positional="linear", preserve_output=False, samples=4)
+    assert sorted(s.norm for s in result.trace.sites) == ["norm", "norm#1"]
+    assert [c.split(":")[0] for c in result.changes] == ["norm"]
+    rows = {name: (before.survival, after.survival) for name, before, after in result.survival()}
+    assert rows.keys() == {"norm", "norm#1"}
+    assert all(before < 1e-9 and after > 0.01 for before, after in rows.values()), rows  # the map reaches both calls
+
+
+class NumberTime(nn.Module):
+    """t enters only as a number concatenated as a channel inside forward: no module depends on t alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(8, 8)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        column = (t.float() / 1000).view(-1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[2:])
+        return self.norm(self.conv(torch.cat([x, column], 1)))
+
+
+def test_integer_steps_that_only_enter_as_a_number_are_traced_as_a_float() -> None:
+    model = NumberTime().eval()
+    call = describe(model).replace(input_shape=(3, 8, 8))
+    assert call.domain.kind == "steps"
+    trace = trace_time(model, call, call.example(2)[0], call.timesteps(2))
+    assert [(s.norm, s.channels_per_unit) for s in trace.sites] == [("norm", 1)]
+
+
+def test_a_model_that_is_not_finite_at_the_traced_t_is_one_line() -> None:
+    class LogSigma(NumberTime):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return super().forward(x, torch.log(t.float() - t.float()))  # -inf at every t
+
+    model = LogSigma().eval()
+    call = describe(model).replace(input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"^the model produced NaN or inf at t = .*time domain"):
+        trace_time(model, call, call.example(2)[0], call.timesteps(2))
+
+
+class EDMGroupNorm(nn.Module):
+    """NVlabs/edm's own GroupNorm: not a torch GroupNorm, a num_groups attribute read in forward."""
+
+    def __init__(self, num_channels: int, num_groups: int = 32, min_channels_per_group: int = 1) -> None:
+        super().__init__()
+        self.num_groups = min(num_groups, num_channels // min_channels_per_group)
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, num_groups=self.num_groups, weight=self.weight, bias=self.bias, eps=1e-5)
+
+
+def test_groups_reach_a_duck_typed_group_norm_and_a_norm_without_groups_is_named() -> None:
+    model = OffsetNet().eval()
+    model.norm = EDMGroupNorm(8)
+    result = fix(model, groups=1, samples=4)
+    assert result.changes == ["1 GroupNorm layer(s) regrouped to 1 group(s), parameters kept"]
+    assert result.model.norm.num_groups == 1 and not result.skipped
+    (_, before, after), = result.survival()
+    assert (before.channels_per_unit, after.channels_per_unit) == (1, 8)
+    assert before.verdict == "vanished" and after.verdict != "vanished"
+
+    instance = fix(OffsetNet(norm="instance").eval(), groups=1, samples=4)
+    assert instance.needed and instance.changes == []
+    assert instance.skipped == ["norm: groups=1 does not apply to InstanceNorm2d (it has no groups)"]
+    assert "not applied: norm: groups=1" in str(instance)
+
+
+class NCSN(nn.Module):
+    """NCSN's forward(x, y): y is the noise-level index (conditional instance norms), and num_classes is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_classes = 10
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gamma = nn.Embedding(10, 4)
+        self.norm = nn.InstanceNorm2d(4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x)) * self.gamma(y)[:, :, None, None]
+
+
+def test_the_argument_t_goes_into_is_not_also_an_extra_input() -> None:
+    model = NCSN()
+    for call in (describe(model), describe(model, time_arg="y")):
+        assert call.extras == ()
+        call = probe(model, call.replace(input_shape=(3, 8, 8)))
+        x, extras = call.example(2)
+        assert extras == {} and call.invoke(model, x, torch.tensor([1, 2])).shape == (2, 4, 8, 8)
+
+
+class Reprs(nn.Module):
+    """A forward that fails with an error whose message starts with the module's repr, and one reading a
+    missing input's attribute (SD3 without pooled_projections)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x) * pooled.dtype.itemsize  # type: ignore[union-attr]
+
+
+def test_a_failed_call_is_one_line_with_the_message_not_a_repr_fragment() -> None:
+    call = describe(Reprs()).replace(input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"failed: AttributeError: 'NoneType' object has no attribute 'dtype'"):
+        probe(Reprs(), call)
+    twice = call.replace(extras=(("timestep", Input(shape=(1,))),))  # model(x, timestep=t, timestep=…)
+    with pytest.raises(ValueError, match=r"failed: TypeError: \) got multiple values for keyword argument") as err:
+        probe(Reprs(), twice)
+    assert "\n" not in str(err.value) and "Conv2d" not in str(err.value)
+
+
+def test_fix_asks_for_a_model_call_not_a_function() -> None:
+    with pytest.raises(TypeError, match=r"^call must be ModelCall, not function"):
+        fix(OffsetNet(), call=lambda m, x, t: m(x, t), groups=1)  # type: ignore[arg-type]
