@@ -16,10 +16,15 @@ def choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
 
 
-def check_int(name: str, value: Any, low: int) -> None:
-    """An integer (not a bool) >= ``low``, else a one-line ValueError."""
+INT64_MAX = 2**63 - 1  # what torch (seeds, sizes, step counts) can hold
+
+
+def check_int(name: str, value: Any, low: int, high: int = INT64_MAX) -> None:
+    """An integer (not a bool) in [``low``, ``high``], else a one-line ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {low}")
+    if value > high:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer from {low} to {high}")
 
 
 def check_positive(name: str, value: object) -> None:

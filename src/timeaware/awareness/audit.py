@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..calling import ModelCall, as_call, model_dtype, output_tensor
-from ..validate import check_positive, choice
+from ..validate import check_positive, check_type, choice
 from .metrics import Moments, survival, verdict
 from .norms import channels_per_unit, select_layers
 from .report import AuditReport, LayerAudit
@@ -52,7 +52,8 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     chunk_size  at most this many inputs per call (default N)
     Non-finite inputs, weights or outputs are errors naming the first place they appear, never "no time".
     """
-    spec = _check(model, x, timesteps, call, extras, batching, mode, derivative, chunk_size)
+    spec = _check(model, x, timesteps, call, extras, batching, mode, derivative, chunk_size, only_layers)
+    layers = [layers] if isinstance(layers, str) else layers  # one pattern, not its characters
     n, k = x.shape[0], spec["t"].shape[0]
     batch = chunk_size or n
     targets = select_layers(model, layers, only=only_layers)
@@ -193,6 +194,8 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
         if out.ndim == 0 or out.shape[0] != xb.shape[0]:
             raise ValueError(f"the model returned a tensor of shape {tuple(out.shape)} for {xb.shape[0]} inputs; the "
                              "audit needs one output row per input (give the network that maps x, not a solver)")
+        if not out.is_floating_point():
+            raise ValueError(f"the model returned a {out.dtype} output; the audit needs a floating output")
         if not _finite(out):
             raise ValueError(_first_nonfinite(model, fn, xb, tb, eb, hooked))
         if version is not None and x._version != version:
@@ -283,7 +286,7 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
 
 
 def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, batching: Any, mode: Any,
-           derivative: bool | None, chunk_size: Any) -> dict[str, Any]:
+           derivative: bool | None, chunk_size: Any, only_layers: Any = False) -> dict[str, Any]:
     """Validate the arguments; one-line ValueErrors naming the bad value and what is allowed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model is a {type(model).__name__}; allowed: a torch.nn.Module")
@@ -291,8 +294,11 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, bat
         raise TypeError(f"x is a {type(x).__name__}; allowed: a tensor of N >= 2 inputs, shape (N, ...)")
     if x.ndim < 1 or x.shape[0] < 2:
         raise ValueError(f"x has shape {tuple(x.shape)}; allowed: (N, ...) with N >= 2 (the audit compares inputs)")
-    if not x.is_floating_point():
-        raise TypeError(f"x has dtype {x.dtype}; allowed: a floating tensor (the model's dtype, {_dtype(model, x)})")
+    if x.layout != torch.strided or x.is_meta:
+        raise TypeError(f"x is a {'meta' if x.is_meta else str(x.layout).removeprefix('torch.')} tensor; "
+                        "allowed: a dense tensor with data")
+    if not x.is_floating_point() or x.dtype != _dtype(model, x):
+        raise TypeError(f"x has dtype {x.dtype}; allowed: a floating tensor of the model's dtype, {_dtype(model, x)}")
     if not _finite(x):
         first = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0])
         raise ValueError(f"x holds NaN or inf (first in input {first}); the audit needs finite inputs")
@@ -323,10 +329,18 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, bat
         if bad.numel():
             raise ValueError(f"timesteps contain non-finite values {bad.tolist()[:4]}; timesteps must be finite")
         t = t.to(_dtype(model, x))
+        if t.unique().numel() < 2:
+            raise ValueError(f"timesteps hold one distinct value ({t[0].item()}) in {t.dtype}; allowed: K >= 2 "
+                             "different timesteps (widen the range, e.g. --t-range)")
     elif t.dtype == torch.bool or t.is_complex():
         raise ValueError(f"timesteps have dtype {t.dtype}; allowed: floating or integer numbers")
     else:
         t = t.long()
+        if t.unique().numel() < 2:
+            raise ValueError(f"timesteps hold one distinct value ({t[0].item()}); allowed: K >= 2 different timesteps")
+    for name, flag in (("only_layers", only_layers), ("derivative", derivative)):
+        if flag is not None:
+            check_type(name, flag, bool)
     if derivative and not t.is_floating_point():
         raise ValueError("derivative=True needs floating timesteps; integer (diffusion) steps have no d/dt")
     name = fn.name if isinstance(fn, ModelCall) else getattr(fn, "__name__", "callable")

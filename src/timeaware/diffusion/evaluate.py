@@ -14,6 +14,7 @@ from .metrics import (
     LABELS,
     METRICS,
     Protocol,
+    check_classifier_path,
     classifier_for,
     fid,
     frechet_distance,
@@ -52,6 +53,8 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema",
         raise ValueError(f"metric {unknown[0]!r} is unknown; choose from {', '.join(METRICS)}")
     if {"fid", "is"} & set(settings.metrics):
         require_inception(settings.inception_weights)  # fail before sampling, not after
+    if "fd-classifier" in settings.metrics and settings.classifier is not None:
+        check_classifier_path(settings.classifier)
     cfg = model.config
     reference = load_images(settings.data, settings.reference_split, cfg.image_size)
     if reference.x.shape[1] != cfg.in_channels:

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..data import ImageData
 from ..io import load_tensors, save_tensors, write_json
 from ..metadata import CLASSIFIER_INFO, read_checked
+from ..paths import check_output
 from ..progress import say
 
 METRICS = ("fd-classifier", "fid", "is")
@@ -80,16 +81,33 @@ def train_feature_classifier(train: ImageData, test: ImageData, steps: int = 400
     return model, accuracy
 
 
+def check_classifier_path(path: str | Path) -> Path:
+    """``path`` if it names a classifier timeaware wrote (.safetensors beside its .json) or a new one it may
+    write; else a one-line ValueError, before any work: an existing file of the user's is never overwritten."""
+    path = Path(path)
+    info_path = path.with_suffix(".json")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"--classifier {path}: allowed: a .safetensors path (its settings go in the .json beside it)")
+    if path.exists() != info_path.exists() or (path.exists() and not (path.is_file() and info_path.is_file())):
+        there, missing = (path, info_path) if path.exists() else (info_path, path)
+        raise ValueError(f"--classifier {path}: {there} exists but {missing} does not (or one is not a file), so it "
+                         "is not a classifier timeaware wrote; give a new path or one written before")
+    if not path.exists():
+        check_output(path, "file", flag="--classifier")
+        check_output(info_path, "file", flag="--classifier")
+    return path
+
+
 def classifier_for(path: str | Path, train: ImageData, test: ImageData, steps: int = 400,
                    progress: bool = False) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Load the feature classifier at ``path`` (.safetensors + .json), training it for ``steps`` if absent.
 
     ``progress``: say that the classifier is being trained (the first evaluation on a dataset) and show a bar.
     """
-    path = Path(path)
+    path = check_classifier_path(path)
     info_path = path.with_suffix(".json")
     shape = list(train.x.shape[1:])
-    if path.is_file() and info_path.is_file():
+    if path.is_file():
         info = read_checked(info_path, CLASSIFIER_INFO)
         if info["data"] != train.name or info["image_shape"] != shape:
             raise ValueError(f"{path}: was trained on {info['data']} {info['image_shape']}, not {train.name} {shape}; "

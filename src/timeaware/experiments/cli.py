@@ -12,7 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..data import check_source
 from ..parsing import split_pair
+from ..validate import check_int
 from .executors import EXECUTORS, make_executor, read_settings
 from .registry import EXPERIMENTS, PRESETS, get_experiment
 from .sweep import Executor, StatusOnly, format_status, status
@@ -63,11 +65,17 @@ def executor_from(args: argparse.Namespace) -> Executor:
     return make_executor(args.executor, settings)
 
 
+MAX_SEEDS = 1000  # runs per setting; each is a training run
+
+
 def run(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ValueError(f"--preset {args.preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds {args.seeds} is not allowed; it must be a positive integer")
+    check_int("--seeds", args.seeds, 1, MAX_SEEDS)
+    if args.data is not None:  # once, before any cell: a bad --data would fail every cell alike
+        check_source(args.data)
+        if args.data.endswith(".npz") and not Path(args.data).is_file():
+            raise ValueError(f"--data {args.data}: no such file")
     experiment = get_experiment(args.experiment)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
     executor = StatusOnly() if args.status else executor_from(args)

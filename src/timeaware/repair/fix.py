@@ -19,10 +19,11 @@ from ..awareness.norms import groups_of
 from ..awareness.trace import TimeTrace, trace_time
 from ..calling import ModelCall, model_dtype
 from ..specs import describe
-from ..validate import check_positive, check_type
+from ..validate import check_int, check_positive, check_type
 from .surgery import add_positional, regroup, zero_operand_bias
 
 POSITIONAL_FORMS = ("linear", "mlp")
+MAX_SAMPLES = 4096  # random inputs fix makes for its trace and audits; more says nothing new and may not fit
 
 
 @dataclass
@@ -99,6 +100,21 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
         check_type("call", call, ModelCall)
     if groups is not None:
         check_positive("groups", groups)
+    for name, flag in (("zero_operand_bias", zero_operand_bias), ("preserve_output", preserve_output),
+                       ("check", check), ("inplace", inplace)):
+        check_type(name, flag, bool)
+    check_int("samples", samples, 2, MAX_SAMPLES)
+    check_int("seed", seed, 0)
+    if example is not None:
+        check_type("example", example, torch.Tensor)
+        if example.ndim < 1 or example.shape[0] < 2:
+            raise ValueError(f"example has shape {tuple(example.shape)}; allowed: (N, ...) with N >= 2 inputs "
+                             "(the tracer compares two)")
+    if timesteps is not None:
+        check_type("timesteps", timesteps, torch.Tensor)
+        if timesteps.ndim != 1 or timesteps.unique().numel() < 2:
+            raise ValueError(f"timesteps has shape {tuple(timesteps.shape)} with {timesteps.unique().numel()} distinct "
+                             "value(s); allowed: a 1-D tensor of K >= 2 different timesteps")
     if not (form or zero_operand_bias or groups):
         raise ValueError("nothing to fix: ask for positional, zero_operand_bias and/or groups")
     call = call or describe(model)

@@ -7,6 +7,7 @@ rebuild the original model, how it is called, and which fix to redo on it) and `
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..io import load_tensors, read_json, save_tensors, write_json
 from ..specs import build_base
 from .fix import POSITIONAL_FORMS, FixResult, apply_fix
 
+MAX_MAP = 4096 * 4096  # positions of one positional map: a 4096×4096 image
 FIX_FIELDS = {"positional", "zero_operand_bias", "groups", "preserve_output", "sites", "operands"}
 
 
@@ -64,8 +66,12 @@ def _options(recipe: Path, options: Any) -> dict[str, Any]:
     sites = options.get("sites", {})
     if not isinstance(sites, dict) or not all(
             isinstance(v, list) and 1 <= len(v) <= 3 and all(isinstance(s, int) and 0 < s <= 4096 for s in v)
-            for v in sites.values()):
-        raise ValueError(f"{recipe}: fix.sites must map norm names to spatial sizes (1 to 3 positive integers)")
+            and math.prod(v) <= MAX_MAP for v in sites.values()):
+        raise ValueError(f"{recipe}: fix.sites must map norm names to spatial sizes (1 to 3 positive integers, "
+                         f"at most {MAX_MAP:,} positions)")
+    for flag in ("zero_operand_bias", "preserve_output"):
+        if not isinstance(options.get(flag, False), bool):
+            raise ValueError(f"{recipe}: fix.{flag}={options[flag]!r}; allowed: true or false")
     operands = options.get("operands", [])
     if not isinstance(operands, list) or not all(isinstance(o, str) for o in operands):
         raise ValueError(f"{recipe}: fix.operands must be a list of module names")

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..io import load_tensors, read_json
 from ..metadata import check_diffusers_config
+from ..resources import check_memory
 
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -80,13 +83,14 @@ def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str 
     if record.get("kind") == "timeaware-unet":
         from ..diffusion.unet import UNet, UNetConfig
 
-        return UNet(UNetConfig.from_dict(record["config"]))
+        return build_checked(lambda: UNet(UNetConfig.from_dict(record["config"])), source)
     if record.get("kind") == "timeaware-node-func":
         from ..config import TimeAware
         from ..node.func import ODEFunc
 
-        return ODEFunc(record["channels"], TimeAware.from_dict(record["config"]), time=record["time"],
-                       size=tuple(record["size"]), t1=float(record.get("t1", 1.0)))
+        return build_checked(lambda: ODEFunc(record["channels"], TimeAware.from_dict(record["config"]),
+                                             time=record["time"], size=tuple(record["size"]),
+                                             t1=float(record.get("t1", 1.0))), source)
     if record.get("kind") != "factory":
         raise ValueError(f"unknown model record kind {record.get('kind')!r}; expected diffusers, factory, "
                          "timeaware-unet or timeaware-node-func")
@@ -111,6 +115,19 @@ def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str 
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned a {type(model).__name__}; allowed: a torch.nn.Module")
     return model
+
+
+def build_checked(make: Callable[[], nn.Module], source: str) -> nn.Module:
+    """``make()`` once its weights are known to fit: built first on the meta device (no memory), so a record's
+    sizes from a file cannot ask for terabytes; a missing or mistyped field is one line naming ``source``."""
+    try:
+        with torch.device("meta"):
+            weights = sum(p.numel() * p.element_size() for p in make().parameters())
+        check_memory(2 * weights, f"{source}: a model of {weights:,} bytes of weights")  # the weights and a copy
+        return make()
+    except (KeyError, TypeError, IndexError) as err:
+        what = f"missing field {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise ValueError(f"{source}: the model record does not describe a model ({what})") from None
 
 
 def _init_defaults(cls: type) -> dict[str, Any]:
@@ -162,8 +179,10 @@ def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
     cfg = NodeRunConfig.from_dict(state["config"])
     image_channels, h, w = state["input_shape"]
-    classifier = NodeClassifier(image_channels, state["num_classes"], (h, w), channels=cfg.channels, config=cfg.model,
-                                time=cfg.time, solver=cfg.solver, dropout=cfg.dropout)
+    classifier = build_checked(lambda: NodeClassifier(image_channels, state["num_classes"], (h, w),
+                                                      channels=cfg.channels, config=cfg.model, time=cfg.time,
+                                                      solver=cfg.solver, dropout=cfg.dropout), str(found))
+    assert isinstance(classifier, NodeClassifier)
     load_checkpoint(found, modules={"model": classifier}, restore_rng=False)
     record = {"kind": "timeaware-node-func", "channels": cfg.channels, "config": cfg.model.to_dict(),
               "time": cfg.time, "size": list(state_size((h, w))), "t1": classifier.block.solver.t1}

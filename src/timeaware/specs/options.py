@@ -21,6 +21,7 @@ from ..embeddings import TIME_KINDS, TimeDomain
 from ..io import load_tensors
 from ..parsing import parse_pairs, parse_range, parse_shape, split_pair
 from ..resources import check_memory
+from ..validate import check_int
 from .describe import describe, probe
 from .load import load_model
 
@@ -77,6 +78,7 @@ def resolve(args: argparse.Namespace) -> Resolved:
     for flag, value in (("--timesteps", args.timesteps), ("--samples", args.samples)):
         if value < 2:
             raise ValueError(f"{flag} {value} is not allowed; it must be at least 2 (the audit compares them)")
+    check_int("--seed", args.seed, 0)
     torch.manual_seed(args.seed)  # a factory's random init is part of the run
     model, record = _load(args.model, args.pairs, args.trust_code)
     dtype = DTYPES[args.dtype]
@@ -135,9 +137,8 @@ def _extra(text: str) -> tuple[str, Input]:
         try:
             high = int(value.removeprefix("labels:"))
         except ValueError:
-            high = 0
-        if high < 1:
-            raise ValueError(f"--input {text!r} is not allowed; give labels:K with K >= 1 classes")
+            raise ValueError(f"--input {text!r} is not allowed; give labels:K with K >= 1 classes") from None
+        check_int(f"--input {name}=labels:K", high, 1)
         return name, Input(kind="labels", high=high)
     if value.endswith(".safetensors"):
         tensors = load_tensors(value)

@@ -1,0 +1,154 @@
+"""Hostile input to the Python API and the files it reads back: each is refused in one line before any work,
+and nothing of the user's is overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from timeaware import resources
+from timeaware.awareness import audit
+from timeaware.calling import ModelCall
+from timeaware.cli import main
+from timeaware.diffusion.metrics import check_classifier_path
+from timeaware.io import read_json, write_json
+from timeaware.repair import fix, load_fixed
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4))
+
+
+def _shift(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return model(x + t.view(-1, 1, 1, 1))
+
+
+def test_a_users_file_is_never_taken_for_a_classifier(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("my notes")
+    with pytest.raises(ValueError, match=r"notes.safetensors exists but .*notes.json does not"):
+        check_classifier_path(notes)
+    assert notes.read_text() == "my notes"
+    with pytest.raises(ValueError, match=r"allowed: a .safetensors path"):
+        check_classifier_path(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match=r"--classifier"):
+        check_classifier_path(tmp_path)  # a folder
+    assert check_classifier_path(tmp_path / "new.safetensors") == tmp_path / "new.safetensors"
+
+
+@pytest.mark.parametrize("timesteps", [[0.5, 0.5, 0.5], [0.5, 0.50000001], [3, 3]])
+def test_timesteps_that_are_one_value_in_the_models_dtype_are_refused(timesteps: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"^timesteps hold one distinct value"):
+        audit(_net(), torch.randn(4, 3, 8, 8), timesteps, call=_shift)
+
+
+@pytest.mark.parametrize(("x", "message"), [
+    (torch.randn(4, 3, 8, 8).double(), r"^x has dtype torch.float64; allowed: a floating tensor of the model's dtype"),
+    (torch.randn(4, 3, 8, 8).to_sparse(), r"^x is a sparse_coo tensor; allowed: a dense tensor"),
+    (torch.empty(4, 3, 8, 8, device="meta"), r"^x is a meta tensor; allowed: a dense tensor"),
+])
+def test_an_input_the_model_cannot_take_is_a_type_error(x: torch.Tensor, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        audit(_net(), x, [0.0, 1.0], call=_shift)
+
+
+def test_an_integer_output_and_a_string_of_layers_are_read_right() -> None:
+    with pytest.raises(ValueError, match=r"^the model returned a torch.int64 output; the audit needs a floating"):
+        audit(_net(), torch.randn(4, 3, 8, 8), [0.0, 1.0], call=lambda m, x, t: (_shift(m, x, t) * 100).long())
+    report = audit(_net(), torch.randn(4, 3, 8, 8), [0.0, 1.0], call=_shift, layers="0", only_layers=True)
+    assert [row.name for row in report.layers] == ["0"]  # one pattern, not one per character
+    with pytest.raises(TypeError, match=r"^derivative must be bool"):
+        audit(_net(), torch.randn(4, 3, 8, 8), [0.0, 1.0], call=_shift, derivative="yes")  # type: ignore[arg-type]
+
+
+class Offset(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.time, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(1, 4), nn.GroupNorm(4, 4)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x) + self.time(t.float().view(-1, 1))[:, :, None, None])
+
+
+CALL = ModelCall(input_shape=(3, 8, 8))
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"example": torch.randn(1, 3, 8, 8)}, ValueError, r"example has shape \(1, 3, 8, 8\); allowed: .* N >= 2"),
+    ({"example": [[1.0]]}, TypeError, r"example must be Tensor, not list"),
+    ({"timesteps": [0.0, 1.0]}, TypeError, r"timesteps must be Tensor, not list"),
+    ({"timesteps": torch.tensor(0.5)}, ValueError, r"timesteps has shape \(\) with 1 distinct"),
+    ({"samples": 10**12}, ValueError, r"samples=1000000000000 is not allowed; it must be an integer from 2 to 4096"),
+    ({"seed": "0"}, ValueError, r"seed='0' is not allowed"),
+    ({"zero_operand_bias": "no"}, TypeError, r"zero_operand_bias must be bool, not str"),
+])
+def test_fix_checks_its_arguments_before_any_work(kwargs: dict[str, object], error: type[Exception],
+                                                  message: str) -> None:
+    model = Offset()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=message):
+        fix(model, **{"groups": 1, "call": CALL, "inplace": True, **kwargs})  # type: ignore[arg-type]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fixed") / "f"
+    assert main(["fix", "node-func", "--set", "norm=batch", "--positional", "linear", "--samples", "2",
+                 "--timesteps", "2", "--out", str(folder)]) == 0
+    return folder
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    (("base", "channels"), 4096, r"fix.json: a model of [\d,]+ bytes of weights needs about"),
+    (("base",), {"kind": "timeaware-node-func"}, r"fix.json: the model record does not describe a model \(missing "
+                                                  r"field 'channels'\)"),
+    (("fix", "sites"), {"norm2": [4096, 4096, 4096]}, r"fix.sites must map .* at most 16,777,216 positions"),
+    (("fix", "preserve_output"), "no", r"fix.preserve_output='no'; allowed: true or false"),
+])
+def test_a_fix_recipe_that_asks_for_too_much_or_too_little_is_one_line(
+        fixed: Path, tmp_path: Path, where: tuple[str, ...], value: object, message: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**30)  # 1 GiB free, whatever the machine
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    for name in ("model.safetensors", "fix.json"):
+        (folder / name).write_bytes((fixed / name).read_bytes())
+    recipe = read_json(folder / "fix.json")
+    node = recipe
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    write_json(folder / "fix.json", recipe)
+    with pytest.raises(ValueError, match=message):
+        load_fixed(folder)
+
+
+def test_seeds_and_label_counts_beyond_int64_name_their_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    huge = str(2**64)
+    for argv, flag in ((["audit", "node-func", "--seed", huge], "--seed"),
+                       (["audit", "node-func", "--input", f"y=labels:{huge}"], "--input y=labels:K"),
+                       (["reproduce", "node-norm", "--seeds", "99999999999999", "--status"], "--seeds")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{flag}=" in err and "is not allowed" in err, err
+
+
+def test_reproduce_refuses_a_missing_data_file_before_any_cell(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    assert main(["reproduce", "node-norm", "--data", str(tmp_path / "none.npz"), "--out", str(out)]) == 2
+    assert "none.npz: no such file" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_timeaware_unet_record_is_sized_before_it_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from timeaware.specs import build_base
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**20)
+    record = {"kind": "timeaware-unet", "config": {"image_size": 8, "in_channels": 1, "channels": 64,
+                                                   "channel_mult": [1, 2], "num_res_blocks": 1}}
+    with pytest.raises(ValueError, match=r"^unet.json: a model of [\d,]+ bytes of weights needs about"):
+        build_base(record, source="unet.json")
