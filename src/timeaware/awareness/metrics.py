@@ -35,13 +35,13 @@ MAX_FUSED_ROWS = 4
 
 
 def noise_floor(dtype: torch.dtype) -> float:
-    """Smallest SNR that counts as a time signal: rounding noise of ``dtype`` (8 ulps, squared), at least 1e-12.
+    """Smallest SNR that counts as a time signal: rounding noise of ``dtype`` (64 ulps, squared), in [1e-12, 1e-4].
 
-    A value that t reaches only through rounding differs between timesteps by a few ulps; bfloat16's 8 ulps
-    (squared: 0.004) stay below the SNR of 0.01-0.1 a real per-channel time offset has.
+    The cap is for half precision: 64 ulps squared is 0.004 in float16 and 0.25 in bfloat16, above the SNR of
+    0.01-0.1 a real per-channel time offset has, while their rounding noise stays near eps² (1e-5).
     """
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
-    return max(1e-12, (8 * eps) ** 2)
+    return max(1e-12, min((64 * eps) ** 2, 1e-4))
 
 
 @dataclass(frozen=True)
