@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +21,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .resources import FLOAT, check_memory
 from .validate import check_positive, choice
 
 SOURCES = ("digits", "cifar10", "cifar10-torchvision", "cifar100-torchvision")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+SPLITS = ("train", "test")
+CHANNELS = (1, 3)  # gray or RGB: what augment and the models handle
+MAX_CLASSES = 100_000  # labels index the classifier's output layer; beyond this a label is a corrupt value, not a class
 
 
 @dataclass
@@ -48,8 +54,14 @@ class ImageData:
         return ImageData(self.x[idx], self.y[idx], self.num_classes, self.name)
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std (for mean-std normalization)."""
-        return self.x.mean(dim=(0, 2, 3)).tolist(), self.x.std(dim=(0, 2, 3)).tolist()
+        """Per-channel mean and std (for mean-std normalization); a channel without spread cannot be normalised
+        (dividing by its std 0 turns every later value into NaN), so it is refused here."""
+        mean, std = self.x.mean(dim=(0, 2, 3)).tolist(), self.x.std(dim=(0, 2, 3)).tolist()
+        for channel, value in enumerate(std):
+            if not value > 0:  # 0, or NaN for a single value
+                raise ValueError(f"data {self.name!r}: channel {channel} has zero variance over its {len(self)} images "
+                                 "(all pixels equal); cannot normalise")
+        return mean, std
 
 
 def check_source(value: object) -> None:
@@ -65,7 +77,7 @@ def load_images(source: str | None = None, split: str = "train", size: int | Non
     if source == "digits":
         data = _digits(split)
     elif source == "cifar10" or source.endswith(".npz"):
-        data = _npz(_cifar_path(source), split)
+        data = _npz(_cifar_path(source), split, resized=size is not None)
     elif source in ("cifar10-torchvision", "cifar100-torchvision"):
         data = _torchvision(source, split)
     else:
@@ -97,28 +109,94 @@ def _cifar_path(source: str) -> Path:
     return Path(env)
 
 
-def _npz(path: Path, split: str) -> ImageData:
+def _npz(path: Path, split: str, resized: bool = False) -> ImageData:
+    """One split of a CIFAR-style .npz, checked from the .npy headers of all four arrays before any is read:
+    a forged header or a huge array is refused in one line instead of being allocated. Labels are checked
+    against the training split's classes; ``resized``: the images will be resized, so H×W may differ by split."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected a CIFAR-style .npz with keys {', '.join(NPZ_KEYS)})")
     try:
-        with np.load(path, allow_pickle=False) as d:
-            missing = [k for k in NPZ_KEYS if k not in d.files]
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = [k for k in NPZ_KEYS if f"{k}.npy" not in names]
             if missing:
                 raise ValueError(f"{path}: missing keys {missing}; expected {', '.join(NPZ_KEYS)}")
-            x, y = d[f"x_{split}"], d[f"y_{split}"]
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+            headers = {key: _npy_header(path, archive, key) for key in NPZ_KEYS}
+        shapes = _check_npz_layout(path, headers, resized)
+        x_shape = shapes[f"x_{split}"]
+        check_memory(math.prod(x_shape) * (1 + 2 * FLOAT) + 16 * (shapes["x_train"][0] + shapes["x_test"][0]),
+                     f"{path}: x_{split} of shape {x_shape} as float32")  # uint8, then two float32 copies
+        with np.load(path, allow_pickle=False) as d:
+            labels = {s: d[f"y_{s}"].reshape(-1) for s in SPLITS}  # (N,) or Keras-style (N, 1)
+            x = d[f"x_{split}"]
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as err:
         raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
-    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8 or len(x) != len(y):
-        raise ValueError(f"{path}: x_{split} has shape {x.shape} dtype {x.dtype}; expected uint8 (N, H, W, 3) "
-                         f"matching y_{split} of length N")
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]  # Keras-style (N, 1) labels
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise ValueError(f"{path}: y_{split} has shape {y.shape} dtype {y.dtype}; expected non-negative integer "
-                         "labels of shape (N,)")
+    num_classes = _check_labels(path, labels)
     images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
-    labels = torch.from_numpy(y.astype(np.int64))
-    return ImageData(images, labels, int(labels.max()) + 1, path.stem)
+    return ImageData(images, torch.from_numpy(labels[split].astype(np.int64)), num_classes, path.stem)
+
+
+def _npy_header(path: Path, archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes stored after the header) of one array, read without reading its data."""
+    fmt = np.lib.format
+    info = archive.getinfo(f"{key}.npy")
+    with archive.open(info) as fh:
+        try:
+            version = fmt.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version}; expected 1.0 or 2.0")
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(fh)
+        except ValueError as err:
+            raise ValueError(f"{path}: {key} is not a valid .npy array ({str(err).splitlines()[0][:200]})") from None
+        return shape, dtype, info.file_size - fh.tell()
+
+
+def _check_npz_layout(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype, int]],
+                      resized: bool) -> dict[str, tuple[int, ...]]:
+    """Shapes and dtypes of both splits (uint8 NHWC images with N >= 1, integer labels, one per image, the same
+    channels, and the same H×W unless resized) and data as large as each header claims; returns the shapes."""
+    for key, (shape, dtype, stored) in headers.items():
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > stored and not dtype.hasobject:  # object arrays are pickled (and refused below)
+            raise ValueError(f"{path}: {key} claims shape {shape} {dtype} ({claimed:,} bytes) but holds only "
+                             f"{max(stored, 0):,}; the file is truncated or its header is wrong")
+    for split in SPLITS:
+        (xs, xd, _), (ys, yd, _) = headers[f"x_{split}"], headers[f"y_{split}"]
+        if len(xs) != 4 or xs[-1] not in CHANNELS or xd != np.uint8:
+            raise ValueError(f"{path}: x_{split} has shape {xs} dtype {xd}; expected uint8 (N, H, W, C) with C in "
+                             f"{' or '.join(map(str, CHANNELS))}")
+        if xs[0] == 0:
+            raise ValueError(f"{path}: x_{split} holds 0 images; need at least 1")
+        if 0 in xs[1:3]:
+            raise ValueError(f"{path}: x_{split} images are {xs[1]}×{xs[2]}; need at least 1×1")
+        if ys not in ((xs[0],), (xs[0], 1)) or yd.kind not in "iu":
+            raise ValueError(f"{path}: y_{split} has shape {ys} dtype {yd}; expected integer labels of shape "
+                             f"({xs[0]},), one per image of x_{split}")
+    train, test = headers["x_train"][0], headers["x_test"][0]
+    if train[-1] != test[-1]:
+        raise ValueError(f"{path}: x_test has {test[-1]} channel(s) but x_train has {train[-1]}; both splits must "
+                         "have the same channels")
+    if not resized and train[1:3] != test[1:3]:
+        raise ValueError(f"{path}: x_test images are {test[1]}×{test[2]} but x_train's are {train[1]}×{train[2]}; "
+                         "both splits must have the same size (or pass a size to resize both)")
+    return {key: shape for key, (shape, _, _) in headers.items()}
+
+
+def _check_labels(path: Path, labels: dict[str, np.ndarray]) -> int:
+    """Labels 0 .. C-1 with C <= MAX_CLASSES set by the training split; the test split must stay within them
+    (a test label the model has no output for is a silent 0% accuracy). Returns C."""
+    for split in SPLITS:
+        low, high = int(labels[split].min()), int(labels[split].max())
+        if low < 0 or high >= MAX_CLASSES:
+            reach = f"go down to {low}" if low < 0 else f"reach {high}"
+            raise ValueError(f"{path}: y_{split} labels {reach}; allowed: integers 0 to {MAX_CLASSES - 1:,} "
+                             f"(at most {MAX_CLASSES:,} classes)")
+    classes, high = int(labels["train"].max()) + 1, int(labels["test"].max())
+    if high >= classes:
+        raise ValueError(f"{path}: y_test holds label {high} but y_train's labels are 0 to {classes - 1} ({classes} "
+                         "classes); test labels must be training classes")
+    return classes
 
 
 def _torchvision(source: str, split: str) -> ImageData:

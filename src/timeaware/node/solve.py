@@ -22,11 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validate import check_number, choice
+from ..validate import check_int, check_number, choice
 
 METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun3", "rk4",
            "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
 _SOLVER_FAILURES = ("max_num_steps exceeded", "underflow in dt", "non-finite values in state")
+MAX_STEPS = 10**6  # most steps of size step_size (or max_step) per solve over [0, t1]: more is a typo, not a setting
+# torchdiffeq's numeric options (rk_common, solvers, fixed_adams, scipy_wrapper): integer range, or real lower bound
+# (open unless min_step); step_size and max_step are also bounded below by t1 / MAX_STEPS.
+_INT_OPTIONS = {"max_num_steps": (1, 2**31 - 1), "max_iters": (1, 10**6), "max_order": (1, 12)}  # int32; adams
+_REAL_OPTIONS = ("step_size", "first_step", "max_step", "min_step", "safety", "ifactor", "dfactor")
 
 
 class SolverError(RuntimeError):
@@ -65,6 +70,8 @@ class SolverOptions:
             if value is None and name.startswith("adjoint_"):
                 continue
             check_number(name, value, 0, low_open=True)
+        _check_options("options", self.options, self.t1)
+        _check_options("adjoint_options", self.adjoint_options or {}, self.t1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,6 +84,22 @@ class SolverOptions:
             kwargs.update(adjoint_rtol=self.adjoint_rtol, adjoint_atol=self.adjoint_atol,
                           adjoint_options=None if self.adjoint_options is None else dict(self.adjoint_options))
         return kwargs
+
+
+def _check_options(name: str, options: dict[Any, Any], t1: float) -> None:
+    """torchdiffeq's numeric options as finite positive numbers (integers where it counts), and no step so small
+    that a solve over [0, t1] would take more than MAX_STEPS steps (a fixed grid that size is allocated up front)."""
+    for key, value in options.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{name} key {key!r} is not allowed; option names are strings like \"step_size\"")
+        if key in _INT_OPTIONS:
+            check_int(f"{name}.{key}", value, *_INT_OPTIONS[key])
+        elif key in _REAL_OPTIONS:
+            check_number(f"{name}.{key}", value, 0, low_open=key != "min_step")
+            if key in ("step_size", "max_step") and value < t1 / MAX_STEPS:
+                raise ValueError(f"{name}.{key}={value!r} is not allowed; it must be >= t1/{MAX_STEPS:,} = "
+                                 f"{t1 / MAX_STEPS:g} (more than {MAX_STEPS:,} steps per solve is a typo, not a "
+                                 "setting)")
 
 
 @dataclass
