@@ -244,3 +244,57 @@ def test_a_failed_call_is_one_line_with_the_message_not_a_repr_fragment() -> Non
 def test_fix_asks_for_a_model_call_not_a_function() -> None:
     with pytest.raises(TypeError, match=r"^call must be ModelCall, not function"):
         fix(OffsetNet(), call=lambda m, x, t: m(x, t), groups=1)  # type: ignore[arg-type]
+
+
+class DictOut(nn.Module):
+    """A net returning a dict: {"sample": out} as diffusers' return_dict, or one tensor under another key."""
+
+    def __init__(self, key: str = "sample") -> None:
+        super().__init__()
+        self.key, self.net = key, OffsetNet()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.key: self.net(x, t)}
+
+
+@pytest.mark.parametrize("key", ["sample", "eps"])
+def test_a_dict_output_is_read_by_its_sample_or_its_one_tensor(key: str) -> None:
+    model = DictOut(key).eval()
+    report = audit(model, torch.randn(4, 3, 8, 8), [0, 500], call="xt")
+    assert next(r.verdict for r in report.layers if r.name == "net.norm") == "vanished"
+
+
+class KeywordStep(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = OffsetNet()
+
+    def forward(self, x: torch.Tensor, *, step: torch.Tensor) -> torch.Tensor:
+        return self.net(x, step)
+
+
+def test_an_unknown_keyword_for_t_is_named_as_a_time_arg_and_time_arg_means_a_keyword(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    small = ["--input-shape", "3,8,8", "--samples", "2", "--timesteps", "2"]
+    assert main(["audit", "test_model_reach:KeywordStep", *small]) == 2
+    assert "if 'step' is t, give --time-arg step" in capsys.readouterr().err
+    assert main(["audit", "test_model_reach:KeywordStep", *small, "--time-arg", "step", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["call"]["time_arg"] == "step"
+    assert main(["audit", "test_model_reach:KeywordStep", *small, "--time-arg", "step", "--call", "tx"]) == 2
+    assert "does not go with --call tx" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--layers", ""], "--layers '' is not allowed"),
+    (["--t-range", "-1,5"], "written --flag=VALUE, e.g. --t-range=-1,5"),
+    (["--call", "xt", "--input", "e=x.pt"], "pickle files such as .pt are never loaded"),
+])
+def test_command_line_slips_get_a_hint(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["audit", "node-func", "--samples", "2", "--timesteps", "2", *argv])
+    except SystemExit as stop:  # argparse's own errors leave through SystemExit(2)
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

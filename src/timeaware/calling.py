@@ -11,6 +11,7 @@ It is plain data: it round-trips through JSON and never names code.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -241,13 +242,18 @@ def holds_time(module: nn.Module) -> bool:
 
 
 def output_tensor(out: Any) -> torch.Tensor:
-    """The tensor a model returned: itself, the first of a tuple, or diffusers' ``.sample``."""
+    """The tensor a model returned: itself, the first of a tuple, diffusers' ``.sample`` (an attribute or a
+    dict key), or the one tensor of a dict."""
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
+    if isinstance(out, Mapping):
+        tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+        out = out.get("sample", tensors[0] if len(tensors) == 1 else out)
     out = getattr(out, "sample", out)
     if not isinstance(out, torch.Tensor):
-        raise ValueError(f"the model returned {type(out).__name__}; a tensor, a tuple starting with one, or an "
-                         "object with a .sample tensor is needed")
+        keys = f" with keys {sorted(map(str, out))[:6]}" if isinstance(out, Mapping) else ""
+        raise ValueError(f"the model returned {type(out).__name__}{keys}; a tensor, a tuple starting with one, an "
+                         "object or dict with a 'sample' tensor, or a dict of one tensor is needed")
     return out
 
 

@@ -37,6 +37,8 @@ OUTPUTS: dict[str, tuple[str, Kind]] = {"audit": ("plot", "file"), "sample": ("o
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit code 2
+        if message.endswith("expected one argument"):  # argparse reads "-1,5" as an option
+            message += " (a value starting with '-' is written --flag=VALUE, e.g. --t-range=-1,5)"
         raise SystemExit(_fail(f"{self.prog}: {message}"))
 
 

@@ -67,6 +67,8 @@ def select_layers(model: nn.Module, layers: Sequence[str] | None = None, *,
     wanted = list(layers or ())
     named = list(model.named_modules())
     for pattern in wanted:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise ValueError(f"--layers {pattern!r} is not allowed; give a module name, class name or shell pattern")
         if not any(_matches(pattern, name, module) for name, module in named):
             sample = ", ".join(sorted({type(m).__name__ for _, m in named})[:8])
             raise ValueError(f"--layers {pattern!r} matches no module name or class; classes here include {sample}")

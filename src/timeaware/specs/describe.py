@@ -223,6 +223,9 @@ def _hint(model: nn.Module, call: ModelCall) -> str:
     given = {"x", *(name for name, _ in call.extras)}
     missing = [p.name for p in params[1:] if p.default is inspect.Parameter.empty and p.name not in given
                and p.name != call.time_arg]
+    if missing and call.convention == "xt" and not call.time_arg:
+        return (f"its forward also wants {', '.join(repr(m) for m in missing)}: if {missing[0]!r} is t, give "
+                f"--time-arg {missing[0]}; if it is another input, --input {missing[0]}=SHAPE")
     if missing:
         return f"its forward also wants {', '.join(repr(m) for m in missing)}: give it with --input NAME=SHAPE"
     signature = ", ".join(p.name for p in params)

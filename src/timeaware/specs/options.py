@@ -85,6 +85,11 @@ def resolve(args: argparse.Namespace) -> Resolved:
     if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
         model = model.to(dtype)
     overrides: dict[str, Any] = {"time_arg": args.time_arg, "mode": args.mode}
+    if args.time_arg and args.call not in (None, "xt"):
+        raise ValueError(f"--time-arg {args.time_arg} passes t by keyword, model(x, {args.time_arg}=t); it does not "
+                         f"go with --call {args.call}")
+    if args.time_arg:  # a keyword for t means model(x, NAME=t), whatever was detected
+        overrides.update(convention="xt", scalar_time=False)
     if args.call:
         overrides["convention"] = args.call
         if args.call == "tx":
@@ -147,6 +152,9 @@ def _extra(text: str) -> tuple[str, Input]:
         tensor = next(iter(tensors.values()))
         return name, Input(shape=tuple(tensor.shape[1:]) if tensor.ndim > 1 else tuple(tensor.shape), kind="tensor",
                            value=tensor)
+    if "." in value and not value.replace(",", "").isdigit():  # a file, but not one that may be read
+        raise ValueError(f"--input {text!r} is not allowed; give NAME=8,768 (a shape), NAME=labels:K, or "
+                         "NAME=file.safetensors (pickle files such as .pt are never loaded)")
     return name, Input(shape=parse_shape("--input", value))
 
 
