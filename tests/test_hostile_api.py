@@ -152,3 +152,15 @@ def test_a_timeaware_unet_record_is_sized_before_it_is_built(monkeypatch: pytest
                                                    "channel_mult": [1, 2], "num_res_blocks": 1}}
     with pytest.raises(ValueError, match=r"^unet.json: a model of [\d,]+ bytes of weights needs about"):
         build_base(record, source="unet.json")
+
+
+def test_a_sweep_whose_every_cell_fails_exits_nonzero_saying_why(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    data = tmp_path / "const.npz"
+    flat = np.full((40, 8, 8, 3), 7, np.uint8)  # loads, but cannot be normalised: every cell fails alike
+    np.savez(data, x_train=flat, y_train=np.arange(40) % 10, x_test=flat, y_test=np.arange(40) % 10)
+    assert main(["reproduce", "node-norm", "--data", str(data), "--out", str(tmp_path / "sweep")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("timeaware: error: all 3 cells failed; the first, ") and "zero variance" in last

@@ -84,9 +84,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"rerun the same command to continue: finished cells are kept in {out / 'cells'}"
                                 " and the interrupted one resumes from its last checkpoint, if it wrote one") from None
+    states = status(out)
     if args.status:
-        print(format_status(status(out)))
+        print(format_status(states))
     print(table)
+    failed = [s for s in states if s.state == "failed"]
+    if failed and len(failed) == len(states) and not args.status:  # nothing to show for the run: say why
+        raise ValueError(f"all {len(states)} cells failed; the first, {failed[0].key}: {failed[0].detail}")
     return 0
 
 
