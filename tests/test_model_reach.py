@@ -298,3 +298,24 @@ def test_command_line_slips_get_a_hint(argv: list[str], message: str, capsys: py
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+class TokenOffset(nn.Module):
+    """DiT-like tokens (B, N, D) with a per-feature time offset before a LayerNorm over the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.time, self.norm = nn.Linear(4, 16), nn.Linear(1, 16), nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x) + self.time(t.float().view(-1, 1, 1) / 1000))
+
+
+def test_a_layernorm_over_features_is_not_said_to_be_protected_by_a_spatial_term() -> None:
+    model = TokenOffset().eval()
+    call = describe(model).replace(input_shape=(6, 4))
+    trace = trace_time(model, call, call.example(2)[0], call.timesteps(2))
+    (site,) = trace.sites
+    assert not trace.needs_fix and "not cancelled: the time term varies along the axes LayerNorm" in str(site)
+    report = audit(model, call.example(4)[0], call.timesteps(4), call=call)
+    assert report.layers[0].verdict == "alive"

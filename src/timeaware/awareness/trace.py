@@ -65,7 +65,10 @@ class TimeSite:
 
     def __str__(self) -> str:
         unit = "?" if self.channels_per_unit is None else str(self.channels_per_unit)
-        guard = "protected by a spatial time term" if self.protected else "unprotected"
+        guard = "unprotected"
+        if self.protected:  # the time term varies along the axes the norm normalizes, so it is not cancelled
+            guard = ("protected by a spatial time term" if self.channels_per_unit is not None else
+                     f"not cancelled: the time term varies along the axes {self.norm_type} normalizes")
         return (f"{', '.join(self.injectors)} -> {self.norm} ({self.norm_type}): {self.kind}, {unit} ch/unit, "
                 f"{guard}")
 
