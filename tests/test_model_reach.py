@@ -319,3 +319,25 @@ def test_a_layernorm_over_features_is_not_said_to_be_protected_by_a_spatial_term
     assert not trace.needs_fix and "not cancelled: the time term varies along the axes LayerNorm" in str(site)
     report = audit(model, call.example(4)[0], call.timesteps(4), call=call)
     assert report.layers[0].verdict == "alive"
+
+
+class InputScale(nn.Module):
+    """EDM's preconditioning: the net sees c_in(σ)·x, and a per-channel norm removes that scale by design."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(4, 4)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c_in = 1 / (0.25 + sigma.view(-1, 1, 1, 1) ** 2).sqrt()
+        return self.norm(self.conv(c_in * x))
+
+
+def test_a_vanished_layer_that_is_not_an_offset_site_is_named_apart(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    assert main(["audit", "test_model_reach:InputScale", "--input-shape", "3,8,8", "--samples", "4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["sites"] == [] and data["vanished_not_sites"] == ["norm"]
+    assert main(["audit", "test_model_reach:InputScale", "--input-shape", "3,8,8", "--samples", "4"]) == 0
+    assert "note: 1 vanished layer(s) are not sites of an added time offset (norm)" in capsys.readouterr().out

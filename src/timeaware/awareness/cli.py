@@ -65,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
     trace = trace_time(model, call, found.x, found.timesteps[[0, -1]], found.extras)
     if args.plot:
         report.plot(args.plot)
+    sites = {site.norm for site in trace.sites}
+    elsewhere = [row.name for row in report.layers if row.verdict == "vanished" and row.name not in sites]
     if args.json:
         print(json.dumps({"model": args.model, "set": args.pairs, "call": call.to_dict(), **report.to_dict(),
                           "sites": [asdict(s) for s in trace.sites], "modulated": trace.modulated,
-                          "blocked": trace.blocked, "trace": trace.explain()}, allow_nan=False))
+                          "blocked": trace.blocked, "trace": trace.explain(), "vanished_not_sites": elsewhere},
+                         allow_nan=False))
         return 0
     print(f"{args.model} {' '.join(args.pairs)}".rstrip())
     print(f"called as {call.name}; t: {call.domain.kind} in [{call.domain.low:g}, {call.domain.high:g}]; "
@@ -79,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {site}")
     print()
     print(report)
+    if elsewhere:
+        print(f"note: {len(elsewhere)} vanished layer(s) are not sites of an added time offset "
+              f"({', '.join(elsewhere[:4])}{' …' if len(elsewhere) > 4 else ''}): t reaches them another way, e.g. "
+              "a σ-dependent input scale such as EDM's c_in(σ)·x, which a norm removes by design")
     if args.plot:
         print(f"plot: {args.plot}")
     return 0
