@@ -341,3 +341,71 @@ def test_a_vanished_layer_that_is_not_an_offset_site_is_named_apart(capsys: pyte
     assert data["sites"] == [] and data["vanished_not_sites"] == ["norm"]
     assert main(["audit", "test_model_reach:InputScale", "--input-shape", "3,8,8", "--samples", "4"]) == 0
     assert "note: 1 vanished layer(s) are not sites of an added time offset (norm)" in capsys.readouterr().out
+
+
+class Checkpointed(OffsetNet):
+    """guided-diffusion's use_checkpoint: the block's forward runs under no_grad (a reentrant checkpoint)."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(super().forward, x, t, use_reentrant=True)
+
+
+def test_a_model_that_checkpoints_under_no_grad_is_refused_by_the_tracer_and_still_audited(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Checkpointed().eval()
+    call = describe(model).replace(input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"^norm runs under torch.no_grad inside the model's forward"):
+        fix(model, call=call, groups=1, samples=4)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    assert main(["audit", "test_model_reach:Checkpointed", "--input-shape", "3,8,8", "--samples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "where t enters: not traced: norm runs under torch.no_grad" in out and "vanished" in out
+
+
+class Frames(nn.Module):
+    """A video net folding F frames into the batch (diffusers' UNet3D): the site's norm sees B·F rows."""
+
+    def __init__(self, frames: int = 3) -> None:
+        super().__init__()
+        self.frames, self.net = frames, OffsetNet()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, f = x.shape[0], self.frames
+        folded = x.unsqueeze(1).expand(b, f, *x.shape[1:]).reshape(b * f, *x.shape[1:])
+        return self.net(folded, t.repeat_interleave(f)).view(b, f, *x.shape[1:]).mean(1)
+
+
+def test_a_positional_map_follows_frames_folded_into_the_batch() -> None:
+    model = Frames().eval()
+    call = describe(model).replace(input_shape=(3, 8, 8))
+    result = fix(model, call=call, positional="linear", preserve_output=False, samples=4)
+    assert result.changes == ["net.norm: positional timestep embedding 8x8 (linear)"]
+    (_, before, after), = result.survival()
+    assert before.verdict == "vanished" and after.survival > 1e3 * before.survival
+
+
+class Functional(nn.Module):
+    """The paper's site with the norm called as F.group_norm in forward: no module to hook or wrap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.time = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(1, 8)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(self.conv(x) + self.time(t.float().view(-1, 1))[:, :, None, None], 8)
+
+
+def test_norms_called_as_functions_are_counted_and_fix_says_it_cannot_reach_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Functional()
+    call = describe(model).replace(input_shape=(3, 8, 8))
+    trace = trace_time(model, call, call.example(2)[0], call.timesteps(2))
+    assert trace.functional_norms == 1 and "1 normalization(s) called as torch.nn.functional" in trace.explain()
+    assert trace_time(OffsetNet(), call, call.example(2)[0], call.timesteps(2)).functional_norms == 0  # in a module
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "f"
+    assert main(["fix", "test_model_reach:Functional", "--input-shape", "3,8,8", "--samples", "2", "--groups", "1",
+                 "--out", str(out)]) == 2
+    assert "nothing fixed: the model has 1 normalization(s)" in capsys.readouterr().err and not out.exists()

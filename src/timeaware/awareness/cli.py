@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..specs.options import resolve
     from . import audit
-    from .trace import perturb_zero_init, trace_time
+    from .trace import TimeTrace, perturb_zero_init, trace_time
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise ValueError(f"--plot {args.plot!r} is not allowed; give a file name ending in .png")
@@ -62,11 +62,15 @@ def run(args: argparse.Namespace) -> int:
         model = perturb_zero_init(copy.deepcopy(model), seed=args.seed)
     report = audit(model, found.x, found.timesteps, call=call, extras=found.extras, batching=args.batching,
                    mode=call.mode, layers=args.layers, only_layers=args.only_layers)
-    trace = trace_time(model, call, found.x, found.timesteps[[0, -1]], found.extras)
+    try:
+        trace = trace_time(model, call, found.x, found.timesteps[[0, -1]], found.extras)
+    except ValueError as err:  # the layers' readings stand; say why the sites are unknown
+        trace = TimeTrace(untraced=str(err))
     if args.plot:
         report.plot(args.plot)
     sites = {site.norm for site in trace.sites}
-    elsewhere = [row.name for row in report.layers if row.verdict == "vanished" and row.name not in sites]
+    elsewhere = [row.name for row in report.layers if row.verdict == "vanished" and row.name not in sites
+                 and not trace.untraced]
     if args.json:
         print(json.dumps({"model": args.model, "set": args.pairs, "call": call.to_dict(), **report.to_dict(),
                           "sites": [asdict(s) for s in trace.sites], "modulated": trace.modulated,

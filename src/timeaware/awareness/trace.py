@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from ..calling import ModelCall, model_dtype, output_tensor
 from .norms import channels_per_unit, is_norm
@@ -83,6 +85,8 @@ class TimeTrace:
     blocked: list[str] = field(default_factory=list)     # norms t reaches only through zero-valued parameters
     zero_parameters: list[str] = field(default_factory=list)
     norms: int = 0  # normalization calls seen in one forward pass
+    untraced: str = ""  # why the model could not be traced (the audit still reads its layers)
+    functional_norms: int = 0  # norms called as torch.nn.functional functions outside any norm module
 
     @property
     def needs_fix(self) -> bool:
@@ -90,10 +94,17 @@ class TimeTrace:
 
     def explain(self) -> str:
         """One line on what the trace found, for the CLI."""
+        if self.untraced:
+            return f"not traced: {self.untraced}"
+        functional = (f"{self.functional_norms} normalization(s) called as torch.nn.functional functions in forward "
+                      "(F.group_norm …), which no hook sees and fix cannot wrap; make them modules (nn.GroupNorm …) "
+                      "to audit and fix them")
+        if self.functional_norms and not self.sites:
+            return f"the model has {functional}"
+        if self.sites and self.functional_norms:
+            return f"{self._sites_line()}; and {functional}"
         if self.sites:
-            open_ = sum(not s.protected for s in self.sites)
-            return (f"{len(self.sites)} site(s) where a time offset is added before a normalization, "
-                    f"{open_} without a positional term")
+            return self._sites_line()
         if self.modulated:
             return ("time enters after the normalizations (scale-shift / adaptive norm): a channel-wise norm "
                     "cannot cancel it, nothing needs fixing")
@@ -106,6 +117,25 @@ class TimeTrace:
             return ("the model has no normalization modules (it may normalize in functions): hook other layers with "
                     f"--layers NAME|CLASS|PATTERN{hint}")
         return "t reaches no normalization"
+
+    def _sites_line(self) -> str:
+        open_ = sum(not s.protected for s in self.sites)
+        return (f"{len(self.sites)} site(s) where a time offset is added before a normalization, "
+                f"{open_} without a positional term")
+
+
+class _NormFunctions(TorchFunctionMode):
+    """Counts the normalizations called as ``torch.nn.functional`` functions (norm modules call them too)."""
+
+    FUNCTIONS = (F.group_norm, F.instance_norm, F.batch_norm, F.layer_norm, F.rms_norm, F.local_response_norm)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls += func in self.FUNCTIONS
+        return func(*args, **(kwargs or {}))
 
 
 def trace_time(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tensor,
@@ -123,7 +153,8 @@ def trace_time(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tens
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        branch = _time_branch(model, call, x[:2], t[:2], {k: v.expand(2, *v.shape[1:]) for k, v in one.items()})
+        branch, functional = _time_branch(model, call, x[:2], t[:2],
+                                          {k: v.expand(2, *v.shape[1:]) for k, v in one.items()})
         traced = t[1:2]
         if not t.is_floating_point() and not branch:  # nothing depends on t alone: follow t itself, as a float
             traced = t[1:2].to(model_dtype(model))
@@ -145,7 +176,9 @@ def trace_time(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tens
         raise ValueError(f"the model produced NaN or inf at t = {t[1].item()}; tracing needs finite outputs "
                          "(check the time domain, e.g. --t-range or --time-domain, and the weights)")
     zero = [name for name, p in model.named_parameters() if p.numel() and not name.endswith("bias") and not p.any()]
-    return _classify(rows, sorted(branch), zero)
+    trace = _classify(rows, sorted(branch), zero)
+    trace.functional_norms = functional
+    return trace
 
 
 @contextlib.contextmanager
@@ -177,11 +210,15 @@ def _calls(model: nn.Module, on_call: Any, counts: dict[str, int]) -> list[Any]:
 
 
 def _time_branch(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tensor,
-                 extras: dict[str, torch.Tensor]) -> set[str]:
-    """Module calls whose output varies with t but not with x."""
+                 extras: dict[str, torch.Tensor]) -> tuple[set[str], int]:
+    """Module calls whose output varies with t but not with x, and the normalizations called as functions
+    outside norm modules (functional calls beyond one per norm module call)."""
     seen: list[dict[str, torch.Tensor]] = []
+    norm_calls = [0]
+    functions = _NormFunctions()
 
-    def record(name: str, _m: nn.Module, _a: Any, out: Any) -> None:
+    def record(name: str, module: nn.Module, _a: Any, out: Any) -> None:
+        norm_calls[0] += is_norm(module)
         tensor = _first_tensor(out)
         if tensor is not None and tensor.is_floating_point():
             seen[-1][name] = tensor.detach().clone()
@@ -193,7 +230,9 @@ def _time_branch(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Te
             for xs, ts in ((x, t[:1].expand(2)), (x[:1], t[1:2])):  # [x_a, x_b] at t0, then x_a at t1
                 seen.append({})
                 counts.clear()
-                call.invoke(model, xs, ts, {k: v[: xs.shape[0]] for k, v in extras.items()})
+                norm_calls[0] = 0
+                with functions if xs.shape[0] == 1 else contextlib.nullcontext():
+                    call.invoke(model, xs, ts, {k: v[: xs.shape[0]] for k, v in extras.items()})
     finally:
         for h in handles:
             h.remove()
@@ -204,7 +243,7 @@ def _time_branch(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Te
             continue
         if _same(out[0], out[1]) and not _same(out[0], moved[name][0]):
             branch.add(name)
-    return branch
+    return branch, max(0, functions.calls - norm_calls[0])
 
 
 def _dependencies(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tensor,
@@ -226,6 +265,11 @@ def _dependencies(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.T
                 return _replace_first(out, leaf.clone())
             return None
         if is_norm(module):
+            if not torch.is_grad_enabled():  # inside the model's own no_grad: nothing to follow t through
+                raise ValueError(f"{name} runs under torch.no_grad inside the model's forward (activation "
+                                 "checkpointing, e.g. guided-diffusion's use_checkpoint or a reentrant "
+                                 "torch.utils.checkpoint), so the tracer cannot follow t through it; build the model "
+                                 "with checkpointing off to trace or fix it (the weights are the same)")
             inp = _first_tensor(args)
             if inp is not None and inp.requires_grad:
                 norms.append((name, module, inp))

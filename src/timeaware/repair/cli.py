@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     result = fix(found.model.eval(), found.x, positional=args.positional or False, zero_operand_bias=args.zero_bias,
                  groups=args.groups, preserve_output=not args.no_preserve, call=found.call, extras=found.extras,
                  timesteps=found.timesteps)
+    if not result.needed and result.trace.functional_norms:  # norms fix cannot reach: not "no fix needed"
+        raise ValueError(f"{args.model}: nothing fixed: {result.trace.explain()}; nothing written")
     if not result.needed:
         print(f"{args.model}: no fix needed: {result.trace.explain()}; nothing written")
         return 0

@@ -58,6 +58,8 @@ class NormWithPositionalMap(nn.Module):
         t = clock.now
         if t is None:
             raise RuntimeError("this positional map has no t: call the whole fixed model, not one of its blocks")
+        if t.ndim and t.shape[0] and h.shape[0] != t.shape[0] and h.shape[0] % t.shape[0] == 0:
+            t = t.repeat_interleave(h.shape[0] // t.shape[0], dim=0)  # frames folded into the batch: B·F rows
         time = t if t.ndim == 2 else as_time(t, h.shape[0], h)
         return self.norm(h + self.time_map(time).to(h.dtype), *args, **kwargs)
 
