@@ -409,3 +409,33 @@ def test_norms_called_as_functions_are_counted_and_fix_says_it_cannot_reach_them
     assert main(["fix", "test_model_reach:Functional", "--input-shape", "3,8,8", "--samples", "2", "--groups", "1",
                  "--out", str(out)]) == 2
     assert "nothing fixed: the model has 1 normalization(s)" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("wrap", [torch.compile, nn.DataParallel], ids=["compile", "DataParallel"])
+def test_a_wrapped_model_is_read_through_its_wrapper(wrap: object) -> None:
+    inner = OffsetNet().eval()
+    model = wrap(inner)  # type: ignore[operator]
+    call = describe(model).replace(input_shape=(3, 8, 8))
+    assert (call.convention, call.time_arg, call.domain.kind) == ("xt", "t", "steps")  # OffsetNet's, not (*args)
+    report = audit(model, call.example(4)[0], call.timesteps(3), call=call)
+    assert [(r.name, r.verdict) for r in report.layers] == [("norm", "vanished")]
+    assert fix(model, call=call, groups=1, samples=4).changes  # on the module the wrapper runs
+
+
+def test_a_fixed_token_grid_is_found_at_a_smaller_guessed_shape() -> None:
+    class Tokens(OffsetNet):  # the output has the rows of a fixed 8x8 grid, whatever the input
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return super().forward(x.reshape(-1, 3, 8, 8), t.repeat_interleave(x.numel() // (x.shape[0] * 192)))
+
+    call = probe(Tokens(), describe(Tokens()).replace(input_shape=(3, 16, 16)), guessed=True)
+    assert call.input_shape == (3, 8, 8)
+
+
+def test_a_model_that_makes_float32_inside_is_told_to_stay_in_float32() -> None:
+    class Float32Features(OffsetNet):  # ADM-style: sinusoidal features built in float32 whatever the weights
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.out(self.norm(self.conv(x) + self.time(t.float().view(-1, 1))[:, :, None, None]))
+
+    model = Float32Features().double()
+    with pytest.raises(ValueError, match=r"makes float32 tensors inside its forward, so it cannot run in float64"):
+        probe(model, describe(model).replace(input_shape=(3, 8, 8)))

@@ -63,6 +63,19 @@ class Input:
         return {"shape": list(self.shape), "kind": self.kind, "high": self.high}
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module a wrapper runs: ``torch.compile``'s ``_orig_mod``, (Distributed)DataParallel's ``module``.
+
+    The audit hooks and calls that one: the same weights and maths, without compiling the hooks."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def model_dtype(model: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
     """The dtype of the model's first floating parameter or buffer: the dtype its inputs must have."""
     tensors = (*model.parameters(), *model.buffers())

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calling import ModelCall, as_call, model_dtype, output_tensor
+from ..calling import ModelCall, as_call, model_dtype, output_tensor, unwrapped
 from ..validate import check_positive, check_type, choice
 from .metrics import Moments, survival, verdict
 from .norms import channels_per_unit, select_layers
@@ -53,6 +53,7 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     Non-finite inputs, weights or outputs are errors naming the first place they appear, never "no time".
     """
     spec = _check(model, x, timesteps, call, extras, batching, mode, derivative, chunk_size, only_layers)
+    model = unwrapped(model)  # hooks on a compiled model's own modules, run eagerly
     layers = [layers] if isinstance(layers, str) else layers  # one pattern, not its characters
     n, k = x.shape[0], spec["t"].shape[0]
     batch = chunk_size or n

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..calling import ModelCall, model_dtype, output_tensor
+from ..calling import ModelCall, model_dtype, output_tensor, unwrapped
 from .norms import channels_per_unit, is_norm
 
 HALF = (torch.float16, torch.bfloat16)
@@ -145,6 +145,7 @@ def trace_time(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tens
     A float16 / bfloat16 model is traced in float32 (and put back exactly): the tests that tell an offset from
     a modulation compare gradients to 1e-4, below half precision's rounding.
     """
+    model = unwrapped(model)
     if model_dtype(model) in HALF:
         with _in_float32(model):
             up = {k: v.float() if v.dtype in HALF else v for k, v in (extras or {}).items()}

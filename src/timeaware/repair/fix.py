@@ -17,7 +17,7 @@ from torch import nn
 from ..awareness import AuditReport, LayerAudit, audit
 from ..awareness.norms import groups_of
 from ..awareness.trace import TimeTrace, trace_time
-from ..calling import ModelCall, model_dtype
+from ..calling import ModelCall, model_dtype, unwrapped
 from ..specs import describe
 from ..validate import check_int, check_positive, check_type
 from .surgery import add_positional, regroup, zero_operand_bias
@@ -96,6 +96,7 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
     Nothing is changed when the model has no site (``result.needed`` is False) or a request is invalid.
     """
     form = _form(positional)
+    model = unwrapped(model)  # fix the module a compiled / DataParallel wrapper runs
     if call is not None:  # the fixed model reads t from each of its calls as a ModelCall says; a function cannot
         check_type("call", call, ModelCall)
     if groups is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calling import Input, ModelCall, holds_time, model_dtype
+from ..calling import Input, ModelCall, holds_time, model_dtype, unwrapped
 from ..embeddings import UNIT_INTERVAL, TimeDomain
 
 TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "sigma", "sigmas", "noise_labels", "noise_level",
@@ -30,6 +30,7 @@ EDM_SIGMAS = TimeDomain("sigma", 0.002, 80.0)
 
 def describe(model: nn.Module, **overrides: Any) -> ModelCall:
     """How to call ``model`` with (x, t); ``overrides`` replace detected fields (``ModelCall``'s names)."""
+    model = unwrapped(model)
     stated = getattr(model, "timeaware_call", None)
     call = stated() if callable(stated) else _diffusers(model) or _from_signature(model)
     if overrides:
@@ -206,16 +207,21 @@ def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) 
             except (TypeError, RuntimeError, ValueError, IndexError, KeyError, AssertionError, AttributeError) as err:
                 first = first or err  # the error of the shape as detected is the one to report
                 continue
-            if out.ndim == 0 or out.shape[0] != n:  # a solver's (t_eval, trajectory), not a vector field
-                raise ValueError(f"{type(model).__name__} called as {trial.name} returns a tensor of shape "
-                                 f"{tuple(out.shape)} for {n} inputs (its first tensor), not one output per input; "
-                                 "give the network inside it that maps x to its output (a torchdyn NeuralODE's .vf)")
+            if out.ndim == 0 or out.shape[0] != n:  # a solver's (t_eval, trajectory), or a fixed token grid
+                first = first or ValueError(
+                    f"returns a tensor of shape {tuple(out.shape)} for {n} inputs (its first tensor), not one "
+                    "output per input: give the network inside it that maps x to its output (a torchdyn "
+                    "NeuralODE's .vf), or the input shape it was built for (--input-shape)")
+                continue
             return trial
     finally:
         model.train(was)
     shape = tuple(call.input_shape or ())
+    hint = _hint(model, call)
+    if model_dtype(model) == torch.float64 and any(w in str(first) for w in ("Double", "double", "mixed dtype")):
+        hint = "the model makes float32 tensors inside its forward, so it cannot run in float64: audit it in float32"
     raise ValueError(f"calling {type(model).__name__} as {call.name} on inputs of shape {shape} failed: "
-                     f"{_first_line(first or RuntimeError())}; {_hint(model, call)}") from None
+                     f"{_first_line(first or RuntimeError())}; {hint}") from None
 
 
 def _hint(model: nn.Module, call: ModelCall) -> str:

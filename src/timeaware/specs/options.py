@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calling import CONVENTIONS, Input, ModelCall
+from ..calling import CONVENTIONS, Input, ModelCall, unwrapped
 from ..embeddings import TIME_KINDS, TimeDomain
 from ..io import load_tensors
 from ..parsing import parse_pairs, parse_range, parse_shape, split_pair
@@ -81,6 +81,7 @@ def resolve(args: argparse.Namespace) -> Resolved:
     check_int("--seed", args.seed, 0)
     torch.manual_seed(args.seed)  # a factory's random init is part of the run
     model, record = _load(args.model, args.pairs, args.trust_code)
+    model = unwrapped(model)  # a compiled or DataParallel model: its module
     dtype = DTYPES[args.dtype]
     if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
         model = model.to(dtype)
