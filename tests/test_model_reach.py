@@ -439,3 +439,32 @@ def test_a_model_that_makes_float32_inside_is_told_to_stay_in_float32() -> None:
     model = Float32Features().double()
     with pytest.raises(ValueError, match=r"makes float32 tensors inside its forward, so it cannot run in float64"):
         probe(model, describe(model).replace(input_shape=(3, 8, 8)))
+
+
+@pytest.mark.parametrize(("config", "shape", "extra"), [
+    ({"_class_name": "UNet3DConditionModel", "sample_size": 8, "in_channels": 4, "out_channels": 4,
+      "block_out_channels": [8, 16], "layers_per_block": 1, "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+      "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "cross_attention_dim": 8, "attention_head_dim": 4,
+      "norm_num_groups": 8}, (4, 2, 8, 8), None),
+    ({"_class_name": "UNet2DConditionModel", "sample_size": 8, "in_channels": 3, "out_channels": 3,
+      "block_out_channels": [8, 16], "layers_per_block": 1, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+      "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 8, "attention_head_dim": 4,
+      "norm_num_groups": 8, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 12},
+     (3, 8, 8), ("class_labels", (12,))),
+    ({"_class_name": "UNetSpatioTemporalConditionModel", "sample_size": 8, "in_channels": 8, "out_channels": 4,
+      "block_out_channels": [32, 64], "layers_per_block": 1,
+      "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
+      "up_block_types": ["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"], "cross_attention_dim": 8,
+      "num_attention_heads": [2, 2], "addition_time_embed_dim": 4, "projection_class_embeddings_input_dim": 12,
+      "transformer_layers_per_block": 1, "num_frames": 3}, (2, 8, 8, 8), ("added_time_ids", (3,))),
+])
+def test_diffusers_video_and_projected_class_models_are_called_from_their_config(
+        config: dict[str, object], shape: tuple[int, ...], extra: tuple[str, tuple[int, ...]] | None,
+        tmp_path: Path) -> None:
+    import diffusers
+
+    model = getattr(diffusers, str(config["_class_name"])).from_config(config).eval()
+    call = probe(model, describe(model))
+    assert call.input_shape == shape
+    if extra is not None:
+        assert call.inputs[extra[0]].shape == extra[1]

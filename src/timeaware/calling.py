@@ -257,8 +257,8 @@ def holds_time(module: nn.Module) -> bool:
 def output_tensor(out: Any) -> torch.Tensor:
     """The tensor a model returned: itself, the first of a tuple, diffusers' ``.sample`` (an attribute or a
     dict key), or the one tensor of a dict."""
-    if isinstance(out, (tuple, list)) and out:
-        out = out[0]
+    if isinstance(out, (tuple, list)) and out:  # the first tensor with a batch dimension: (aux_loss, out) → out
+        out = next((v for v in out if isinstance(v, torch.Tensor) and v.ndim), out[0])
     if isinstance(out, Mapping):
         tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
         out = out.get("sample", tensors[0] if len(tensors) == 1 else out)

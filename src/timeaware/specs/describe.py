@@ -162,7 +162,14 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
             shape = (channels, int(size))
         else:
             shape = (channels, *((size, size) if isinstance(size, int) else tuple(size)))
+    kind = type(model).__name__
+    if shape is not None and kind == "UNet3DConditionModel":  # video: (C, F, H, W), two frames
+        shape = (shape[0], 2, *shape[1:])
+    elif shape is not None and kind == "UNetSpatioTemporalConditionModel":  # SVD: (F, C, H, W)
+        shape = (2, *shape)
     extras: dict[str, Input] = {}
+    if "added_time_ids" in names and kind == "UNetSpatioTemporalConditionModel":
+        extras["added_time_ids"] = Input(shape=(3,))  # SVD's fps, motion bucket and noise augmentation
     if "encoder_hidden_states" in names and get("cross_attention_dim") is not None:
         dim = get("cross_attention_dim")
         dim = dim[0] if isinstance(dim, (list, tuple)) else dim
@@ -173,6 +180,12 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         extras["class_labels"] = Input(kind="labels", high=int(classes))
     elif "class_labels" in names and get("class_embed_type") == "timestep":
         extras["class_labels"] = Input(kind="labels", high=1000)
+    elif "class_labels" in names and get("class_embed_type") in ("projection", "identity"):
+        widths = get("block_out_channels") or [0]
+        width = (get("projection_class_embeddings_input_dim") if get("class_embed_type") == "projection"
+                 else get("time_embedding_dim") or 4 * int(widths[0]))  # identity: the time embedding's width
+        if isinstance(width, int) and width > 0:
+            extras["class_labels"] = Input(shape=(width,))  # a vector per sample, added to the time embedding
     domain = DIFFUSION_STEPS
     if ada_steps:  # AdaLayerNorm looks t up in an embedding table of num_embeds_ada_norm rows
         domain = TimeDomain("steps", 0, int(ada_steps) - 1)
