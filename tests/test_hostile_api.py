@@ -3,6 +3,7 @@ and nothing of the user's is overwritten."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,34 @@ def test_a_sweep_whose_every_cell_fails_exits_nonzero_saying_why(tmp_path: Path,
     assert main(["reproduce", "node-norm", "--data", str(data), "--out", str(tmp_path / "sweep")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("timeaware: error: all 3 cells failed; the first, ") and "zero variance" in last
+
+
+@pytest.mark.parametrize(("name", "make"), [
+    (".lock", lambda path, target: path.symlink_to(target)),
+    ("metrics.jsonl", lambda path, target: os.mkfifo(path)),
+])
+def test_a_run_folder_with_links_or_fifos_is_refused_before_anything_is_written(
+        name: str, make: object, tmp_path: Path) -> None:
+    from timeaware.training.run_folder import claim_run_folder
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    make(run / name, victim)  # type: ignore[operator]
+    with pytest.raises(ValueError, match=rf"{name}: is a (symlink|FIFO).*must be a regular file"), \
+            claim_run_folder(run, resume=None):
+        pass
+    assert victim.read_text() == "precious"
+
+
+def test_a_stray_rank_does_not_silence_errors_and_a_bad_world_size_is_named(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")  # left over in a shell, no launcher
+    assert main(["audit", "node-func", "--samples", "1"]) == 2
+    assert "--samples 1 is not allowed" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    from timeaware.resources import launch_rank
+
+    with pytest.raises(ValueError, match=r"^WORLD_SIZE='abc' is not allowed"):
+        launch_rank()

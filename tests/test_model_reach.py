@@ -6,6 +6,7 @@ block structure and call convention of the originals.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -468,3 +469,33 @@ def test_diffusers_video_and_projected_class_models_are_called_from_their_config
     assert call.input_shape == shape
     if extra is not None:
         assert call.inputs[extra[0]].shape == extra[1]
+
+
+class PerFrameTime(nn.Module):
+    """SVD's TemporalResnetBlock: the time embedding, repeated per frame, is projected as (B, F, D) and added as
+    (B, C, F, 1, 1) before GroupNorm(C, C): the same offset for every frame, so it is cancelled exactly."""
+
+    def __init__(self, c: int = 8, d: int = 32) -> None:
+        super().__init__()
+        self.d = d
+        self.stem, self.conv = nn.Conv3d(4, c, 1), nn.Conv3d(c, c, (3, 1, 1), padding=(1, 0, 0))
+        self.time_embedding = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_emb_proj, self.norm2 = nn.Linear(d, c), nn.GroupNorm(c, c)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:  # sample (B, F, C, H, W)
+        b, f = sample.shape[:2]
+        freqs = torch.exp(-math.log(10000) * torch.arange(self.d // 2) / (self.d // 2))
+        args = timestep.float()[:, None] * freqs[None]
+        emb = self.time_embedding(torch.cat([args.cos(), args.sin()], -1)).repeat_interleave(f, dim=0)
+        offset = self.time_emb_proj(F.silu(emb.reshape(b, f, -1)))[:, :, :, None, None].permute(0, 2, 1, 3, 4)
+        return self.norm2(self.conv(self.stem(sample.permute(0, 2, 1, 3, 4))) + offset)
+
+
+def test_a_site_the_tracer_thinks_protected_but_the_audit_reads_vanished_is_fixed() -> None:
+    torch.manual_seed(0)
+    model = PerFrameTime().eval()
+    call = ModelCall(time_arg="timestep", input_shape=(3, 4, 8, 8))
+    result = fix(model, call=call, positional="linear", samples=4)
+    (_, before, _), = result.survival()
+    assert before.verdict == "vanished" and result.needed
+    assert result.changes == ["norm2: positional timestep embedding 3x8x8 (linear, starts at 0)"]

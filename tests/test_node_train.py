@@ -142,6 +142,7 @@ def test_a_solver_failure_is_reported_by_the_rank_it_happened_on(rank, error, sh
         raise SolverError("ODE solve failed (max_num_steps exceeded)") if error == "solver" else NonFiniteLoss("nan")
 
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a launcher sets both
     monkeypatch.setattr(train, "train_classifier", fail)
     assert main(["train", "node", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == shown

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import sys
 from typing import NoReturn
 
 from .paths import Kind, check_output, describe_os_error
-from .resources import memory_check_disabled
+from .resources import launch_rank, memory_check_disabled
 
 # command -> module, or {subcommand: module}; modules import heavy dependencies inside run().
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -43,7 +42,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str) -> int:
-    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, rank 0 alone reports
+    try:
+        rank = launch_rank()
+    except ValueError:  # that is the error being reported
+        rank = 0
+    if rank == 0:  # under torchrun / accelerate launch, rank 0 alone reports
         print(f"timeaware: error: {message}", file=sys.stderr)
     return 2
 

@@ -17,6 +17,25 @@ FLOAT = 4  # bytes per float32 value
 _disabled = False
 
 
+def launch_rank() -> int:
+    """This process's rank under torchrun / accelerate launch, 0 without one.
+
+    RANK counts only beside a WORLD_SIZE above 1: a RANK left over in a shell must not silence every error
+    nor skip the run-folder lock. A malformed WORLD_SIZE or RANK is a one-line ValueError naming it.
+    """
+    world, rank = os.environ.get("WORLD_SIZE", ""), os.environ.get("RANK", "0") or "0"
+    if not world:
+        return 0
+    if not world.isdigit() or int(world) < 1:
+        raise ValueError(f"WORLD_SIZE={world!r} is not allowed; it must be an integer >= 1 (set by torchrun or "
+                         "accelerate launch)")
+    if int(world) == 1:
+        return 0
+    if not rank.isdigit() or int(rank) >= int(world):
+        raise ValueError(f"RANK={rank!r} is not allowed; it must be an integer from 0 to {int(world) - 1}")
+    return int(rank)
+
+
 def available_memory() -> int:
     """Bytes the OS can give without swapping (``MemAvailable``; free pages where /proc is missing)."""
     try:

@@ -11,12 +11,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..parsing import split_pair
+from ..resources import launch_rank
 from .run_config import PRESETS, allowed_keys
 
 # flag -> NodeRunConfig / SolverOptions field it overrides
@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C, timeout -s INT: the dispatcher prints "interrupted" and this hint
         raise KeyboardInterrupt(resume_hint(out)) from None
     except (SolverError, NonFiniteLoss) as err:  # RuntimeErrors, which the dispatcher would show as a traceback
-        rank = os.environ.get("RANK", "0")
-        if rank == "0" or isinstance(err, SolverError):  # a solve fails on its own rank; the loss check is global
-            where = "" if rank == "0" else f" (rank {rank})"
+        rank = launch_rank()
+        if rank == 0 or isinstance(err, SolverError):  # a solve fails on its own rank; the loss check is global
+            where = "" if rank == 0 else f" (rank {rank})"
             print(f"timeaware: error{where}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     if not is_main_process():

@@ -8,6 +8,7 @@ after the norm and ``fix`` says that nothing needs fixing.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,15 +128,17 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
     trace = trace_time(model, call, example, timesteps[[0, -1]], extras)
     options: dict[str, Any] = {"positional": form, "zero_operand_bias": zero_operand_bias, "groups": groups,
                "preserve_output": preserve_output}
-    if not trace.needs_fix:
-        return FixResult(model, [], options, call, trace)
-    if groups:  # validate before any change
-        regroup(copy.deepcopy(model), groups)
 
     def measure(m: nn.Module) -> AuditReport | None:
         return audit(m, example, timesteps, call=call, extras=extras, mode=call.mode) if check else None
 
-    before = measure(model)
+    before = measure(model) if trace.sites else None
+    if before is not None:
+        _trust_the_audit(trace, before)
+    if not trace.needs_fix:
+        return FixResult(model, [], options, call, trace, before)
+    if groups:  # validate before any change
+        regroup(copy.deepcopy(model), groups)
     if not inplace:
         model = copy.deepcopy(model)
     options["sites"] = _site_modules(trace)
@@ -165,6 +168,14 @@ def apply_fix(model: nn.Module, options: dict[str, Any], call: ModelCall, preser
             start = ", starts at 0" if preserve else ""
             changes.append(f"{name}: positional timestep embedding {size} ({kind}{start})")
     return changes
+
+
+def _trust_the_audit(trace: TimeTrace, before: AuditReport) -> None:
+    """A site the tracer took for protected (a term that may vary over space) whose norm the audit reads as
+    vanished is not protected: the term did not vary (SVD's per-frame time projection, the same for every frame)."""
+    verdicts = {row.name: row.verdict for row in before.layers}
+    trace.sites = [dataclasses.replace(site, protected=False)
+                   if site.protected and verdicts.get(site.norm) == "vanished" else site for site in trace.sites]
 
 
 def _ungrouped(model: nn.Module, trace: TimeTrace, groups: int | None) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 
 from ..io import atomic_write_text, dumps
 from ..metadata import METRICS_RECORD, parse_record
+from ..resources import launch_rank
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -36,7 +37,8 @@ def make_accelerator(cpu: bool | None = None, **kwargs: Any) -> Accelerator:
     if cpu is None:
         cpu = not torch.cuda.is_available()
     acc = Accelerator(cpu=cpu, **kwargs)
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    launch_rank()  # a malformed WORLD_SIZE / RANK is one line naming it
+    expected = int(os.environ.get("WORLD_SIZE") or 1)
     if acc.num_processes != expected:
         raise RuntimeError(f"launcher started {expected} processes but accelerate sees {acc.num_processes}; "
                            "launch with `accelerate launch` or `torchrun` and a reachable MASTER_ADDR/PORT")

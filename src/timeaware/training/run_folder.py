@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..paths import check_output, describe_os_error, is_run_folder
+from ..resources import launch_rank
 from .checkpoint import resolve_resume
 
 LOCK = ".lock"
@@ -28,7 +30,7 @@ def claim_run_folder(out: str | Path, resume: bool | str | Path | None) -> Itera
     and the folders this call created are removed again (bad input leaves no trace).
     """
     out = check_output(out, "folder", run=True)
-    if os.environ.get("RANK", "0") != "0":
+    if launch_rank() != 0:
         yield resolve_resume(out, resume)
         return
     created = [p for p in [out, *out.parents] if not p.exists()]
@@ -48,11 +50,28 @@ def claim_run_folder(out: str | Path, resume: bool | str | Path | None) -> Itera
         os.close(fd)
 
 
+def _not_a_file(path: Path) -> str:
+    """'' for a regular file or nothing there, else what is there instead (a symlink, a FIFO …)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISLNK(mode):
+        return f"a symlink (to {os.readlink(path)})"
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
 def _lock(out: Path) -> int:
     """An open descriptor of ``out/.lock`` holding an exclusive flock; a one-line ValueError when it is taken."""
     path = out / LOCK
+    for name in (LOCK, "metrics.jsonl", "state.json"):  # a link or FIFO here would be written through or hang
+        kind = _not_a_file(out / name)
+        if kind:
+            raise ValueError(f"{out / name}: is {kind}; a run folder's {name} must be a regular file (remove it)")
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
