@@ -196,3 +196,32 @@ def test_a_stray_rank_does_not_silence_errors_and_a_bad_world_size_is_named(
 
     with pytest.raises(ValueError, match=r"^WORLD_SIZE='abc' is not allowed"):
         launch_rank()
+
+
+def test_a_safetensors_file_is_sized_from_its_header_before_it_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import save_file
+
+    from timeaware.io import load_tensors, tensor_bytes
+
+    path = tmp_path / "emb.safetensors"
+    save_file({"e": torch.zeros(256, 64)}, str(path))
+    assert tensor_bytes(path) == 256 * 64 * 4
+    monkeypatch.setattr(resources, "available_memory", lambda: 10_000)  # less than the file's 65,536 bytes
+    with pytest.raises(ValueError, match=r"emb.safetensors: its tensors needs about"):
+        load_tensors(path)
+    assert main(["audit", "node-func", "--call", "xt", "--samples", "2", "--input", f"e={path}"]) == 2
+    assert "2 copies of its tensor needs about" in capsys.readouterr().err
+
+
+def test_a_diffusers_config_is_sized_on_the_meta_device_whatever_field_makes_it_large(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from timeaware.specs import build_base
+
+    config = {"_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
+              "block_out_channels": [32, 64],
+              "layers_per_block": 1, "norm_num_groups": 8, "down_block_types": ["DownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "UpBlock2D"], "time_embedding_dim": 1 << 20}  # ~1e12 parameters
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**34)  # 16 GiB, whatever the machine
+    with pytest.raises(ValueError, match=r"^u/config.json: a model of [\d,]+ bytes of weights needs about"):
+        build_base({"kind": "diffusers", "class": "UNet2DModel", "config": config}, source="u/config.json")

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from .resources import check_memory
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -149,10 +151,25 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix != ".safetensors":
         return load_untrusted_torch(path)
+    check_memory(tensor_bytes(path), f"{path}: its tensors")  # from the header: a small file can claim terabytes
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{path}: corrupted or truncated safetensors file ({err})") from None
+
+
+def tensor_bytes(path: str | Path) -> int:
+    """Bytes the tensors of a safetensors file hold, read from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = [(s.get_shape(), s.get_dtype()) for s in map(handle.get_slice, handle.keys())]
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: corrupted or truncated safetensors file ({err})") from None
+    return sum(math.prod(shape) * _BYTES.get(dtype, 8) for shape, dtype in shapes)
+
+
+_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+          "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # per value; unknown dtypes count 8
 
 
 def load_untrusted_torch(path: str | Path) -> dict[str, torch.Tensor]:

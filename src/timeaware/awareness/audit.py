@@ -31,7 +31,7 @@ CallFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 
 def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.Tensor, *,
           call: str | ModelCall | CallFn = "xt", extras: dict[str, torch.Tensor] | None = None,
-          batching: str = "shared", mode: str = "eval", layers: Sequence[str] | None = None,
+          batching: str = "shared", mode: str = "eval", layers: Sequence[str] | str | None = None,
           only_layers: bool = False, derivative: bool | None = None, chunk_size: int | None = None) -> AuditReport:
     """Measure, per normalization layer, how much of the timestep signal survives it.
 
@@ -54,7 +54,6 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     """
     spec = _check(model, x, timesteps, call, extras, batching, mode, derivative, chunk_size, only_layers)
     model = unwrapped(model)  # hooks on a compiled model's own modules, run eagerly
-    layers = [layers] if isinstance(layers, str) else layers  # one pattern, not its characters
     n, k = x.shape[0], spec["t"].shape[0]
     batch = chunk_size or n
     targets = select_layers(model, layers, only=only_layers)

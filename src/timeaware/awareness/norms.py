@@ -60,11 +60,11 @@ def groups_of(module: nn.Module) -> tuple[int, int] | None:
     return (groups, channels) if isinstance(channels, int) and channels >= groups else None
 
 
-def select_layers(model: nn.Module, layers: Sequence[str] | None = None, *,
+def select_layers(model: nn.Module, layers: Sequence[str] | str | None = None, *,
                   only: bool = False) -> list[tuple[str, nn.Module]]:
     """The modules an audit hooks: every normalization, plus (or, with ``only``, just) the modules ``layers``
     names: module names, class names, or shell patterns of either (``down.*.norm2``, ``*Norm32``)."""
-    wanted = list(layers or ())
+    wanted = [layers] if isinstance(layers, str) else list(layers or ())  # one pattern, not its characters
     named = list(model.named_modules())
     for pattern in wanted:
         if not isinstance(pattern, str) or not pattern.strip():

@@ -99,12 +99,12 @@ class TimeTrace:
         functional = (f"{self.functional_norms} normalization(s) called as torch.nn.functional functions in forward "
                       "(F.group_norm …), which no hook sees and fix cannot wrap; make them modules (nn.GroupNorm …) "
                       "to audit and fix them")
-        if self.functional_norms and not self.sites:
-            return f"the model has {functional}"
-        if self.sites and self.functional_norms:
-            return f"{self._sites_line()}; and {functional}"
         if self.sites:
-            return self._sites_line()
+            open_ = sum(not s.protected for s in self.sites)
+            return (f"{len(self.sites)} site(s) where a time offset is added before a normalization, "
+                    f"{open_} without a positional term" + (f"; and {functional}" if self.functional_norms else ""))
+        if self.functional_norms:
+            return f"the model has {functional}"
         if self.modulated:
             return ("time enters after the normalizations (scale-shift / adaptive norm): a channel-wise norm "
                     "cannot cancel it, nothing needs fixing")
@@ -117,11 +117,6 @@ class TimeTrace:
             return ("the model has no normalization modules (it may normalize in functions): hook other layers with "
                     f"--layers NAME|CLASS|PATTERN{hint}")
         return "t reaches no normalization"
-
-    def _sites_line(self) -> str:
-        open_ = sum(not s.protected for s in self.sites)
-        return (f"{len(self.sites)} site(s) where a time offset is added before a normalization, "
-                f"{open_} without a positional term")
 
 
 class _NormFunctions(TorchFunctionMode):

@@ -75,11 +75,15 @@ def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str 
             raise ValueError(f"{source}: the diffusers config must be a JSON object")
         # types, ranges, and whether the model fits in memory, with the class's defaults for absent fields
         check_diffusers_config({**_init_defaults(cls), **record["config"]}, source)
-        try:
-            return cls.from_config(record["config"])
-        except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as err:
-            raise ValueError(f"{source}: {record.get('class')} cannot be built from this config "
-                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+        def make() -> nn.Module:
+            try:
+                return cls.from_config(record["config"])
+            except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as err:
+                raise ValueError(f"{source}: {record.get('class')} cannot be built from this config "
+                                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+        return build_checked(make, source)  # sized on the meta device first: fields the estimate above ignores
     if record.get("kind") == "timeaware-unet":
         from ..diffusion.unet import UNet, UNetConfig
 

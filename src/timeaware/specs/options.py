@@ -18,7 +18,7 @@ from torch import nn
 
 from ..calling import CONVENTIONS, Input, ModelCall, unwrapped
 from ..embeddings import TIME_KINDS, TimeDomain
-from ..io import load_tensors
+from ..io import load_tensors, tensor_bytes
 from ..parsing import parse_pairs, parse_range, parse_shape, split_pair
 from ..resources import check_memory
 from ..validate import check_int
@@ -101,7 +101,7 @@ def resolve(args: argparse.Namespace) -> Resolved:
         overrides["input_shape"] = NODE_SHAPE
     call = describe(model, **overrides)
     if args.inputs:
-        call = call.replace(extras=(*call.extras, *(_extra(text) for text in args.inputs)))
+        call = call.replace(extras=(*call.extras, *(_extra(text, args.samples) for text in args.inputs)))
     if args.t_range or args.time_domain:
         call = call.replace(domain=_domain(args.t_range, args.time_domain, call.domain))
     if call.input_shape is None:
@@ -137,7 +137,7 @@ def _load(spec: str, pairs: list[str], trust_code: bool) -> tuple[nn.Module, dic
     return load_model(spec, parse_pairs(pairs))
 
 
-def _extra(text: str) -> tuple[str, Input]:
+def _extra(text: str, samples: int) -> tuple[str, Input]:
     name, value = split_pair("--input", text)
     if value.startswith("labels:"):
         try:
@@ -147,6 +147,7 @@ def _extra(text: str) -> tuple[str, Input]:
         check_int(f"--input {name}=labels:K", high, 1)
         return name, Input(kind="labels", high=high)
     if value.endswith(".safetensors"):
+        check_memory(samples * tensor_bytes(value), f"--input {text}: {samples} copies of its tensor")
         tensors = load_tensors(value)
         if len(tensors) != 1:
             raise ValueError(f"--input {text!r}: {value} holds {len(tensors)} tensors; give a file with exactly one")
