@@ -6,9 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from families import FAMILIES
 from timeaware import ConcatConv2d, TimeAware, TimeConv2d
 from timeaware.awareness import audit, find_vanishing_sites
+from timeaware.awareness.trace import trace_time
 from timeaware.node import ODEFunc
+from timeaware.specs import describe, probe
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -66,3 +69,22 @@ def test_diffusers_unet_audit_with_integer_timesteps() -> None:
     assert all(f"{s.norm}" in names for s in find_vanishing_sites(unet))
     assert names[first].verdict == "vanished"  # its input's only time is the per-channel temb
     assert report.output_dt is None and report.settings["call"] == "model(x, t)"
+
+
+REGISTERED_OUT_OF_ORDER = {"diffusers_unet1d", "diffusers_unet1d_dance"}  # t added after a later-registered norm
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "diffusers_transformer2d_ada_norm"])
+def test_static_check_finds_what_the_tracer_finds_in_third_party_families(name: str) -> None:
+    """Read by structure, not class names: ADM's emb_layers, diffusers' time_emb_proj, torchdiffeq's and
+    ANODE's t-first convs, torchdyn's DepthCat are sites; a scale-shift (2C outputs) or attention Linear is not."""
+    torch.manual_seed(0)
+    info = FAMILIES[name]
+    model = info.factory().eval()
+    call = probe(model, describe(model).replace(input_shape=info.input_shape))
+    x, extras = call.example(2, seed=1)
+    traced = {s.norm for s in trace_time(model, call, x, call.timesteps(4)[[0, -1]], extras).sites}
+    found = {s.norm for s in find_vanishing_sites(model)}
+    assert found <= traced  # never a site the model does not have
+    if name not in REGISTERED_OUT_OF_ORDER:
+        assert found == traced

@@ -1,14 +1,21 @@
 """Find, without running data, where a per-channel time offset is followed by a normalization that cancels it.
 
-A *site* is a time injector that adds one scalar per channel (torchdiffeq's ``ConcatConv2d`` /
-ANODE's ``Conv2dTime``, a ``TimeConv2d`` with an offset, diffusers' ``ResnetBlock2D`` with
-``time_embedding_norm="default"``) paired with the normalization that follows it.
+A *site* is a time injector that adds one scalar per channel, paired with the normalization that follows
+it. Injectors are recognised by their structure, not their class names:
+
+* a conv that takes t first (``forward(t, x)``) and holds no weights but its kernel: torchdiffeq's
+  ``ConcatConv2d``, ANODE's ``Conv2dTime`` (it concatenates a t channel), and timeaware's own blocks;
+  also a weightless module that reads its ``.t`` (torchdyn's ``DepthCat``, a t channel for the next conv);
+* in a block whose forward takes a time embedding (``forward(x, emb)``: ADM's ``ResBlock``, diffusers'
+  ``ResnetBlock2D``), a Linear with as many outputs as the next normalization has channels: its output
+  is added per channel (a Linear reached from the block through containers only, not one inside its
+  attention layers). One with twice as many is a scale-shift applied after the norm (ADM's
+  ``use_scale_shift_norm``, lucidrains' blocks), which survives it, so it is no site.
 
 "Follows" is read from module registration order (``named_modules()``): the first normalization
-registered after the injector. That is how most blocks are written (conv, then its norm; timeaware's
-own modules are registered in the order they run), but not all, so diffusers' ``ResnetBlock2D`` is
-paired by its attributes (``time_emb_proj`` → ``norm2``). A model whose order differs is read right by
-the run-time tracer (``trace.trace_time``), which the audit and ``fix`` use; this check needs no data.
+registered after the injector (inside the block, for an embedding projection). That is how most
+blocks are written (conv, then its norm), but not all; a model whose order differs is read right by the
+run-time tracer (``trace.trace_time``), which the audit and ``fix`` use; this check needs no data.
 """
 
 from __future__ import annotations
@@ -17,11 +24,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..calling import holds_time
 from ..embeddings import LinearTimeMap, MLPTimeMap
-from ..layers import ConcatConv2d, TimeConv2d
-from .norms import channels_per_unit, is_norm
-
-INJECTOR_NAMES = ("ConcatConv2d", "Conv2dTime")  # torchdiffeq's and ANODE's copies, matched by class name
+from ..layers import TimeConv2d
+from ..specs.describe import EMBEDDING_NAMES, TIME_NAMES, forward_parameters
+from .norms import channels_per_unit, groups_of, is_norm
 
 
 @dataclass(frozen=True)
@@ -57,39 +64,61 @@ def find_vanishing_sites(model: nn.Module) -> list[Site]:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model is a {type(model).__name__}; allowed: a torch.nn.Module")
     named = list(model.named_modules())
+    blocks = [name for name, module in named if _takes_embedding(name, module)]
     sites: list[Site] = []
-    inside_known: list[str] = []
     for i, (name, module) in enumerate(named):
-        if any(_within(name, block) for block in inside_known):
+        if _is_injector(module):
+            scope = ""
+        elif isinstance(module, nn.Linear):
+            scope = max((b for b in blocks if _within(name, b) and b != name), key=len, default=None)
+            if scope is None or not _on_embedding_path(model, scope, name):
+                continue
+        else:
             continue
-        pairs = _known_pairs(name, module)
-        if pairs is not None:
-            inside_known.append(name)
-            sites += [_site(model, inj, norm, protected) for inj, norm, protected in pairs]
-        elif _is_injector(module):
-            after = [(n, m) for n, m in named[i + 1:] if not _within(n, name)]
-            j = next((j for j, (_, m) in enumerate(after) if is_norm(m)), None)
-            if j is not None:  # protected: the block's own map, or a positional map registered before the norm
-                protected = getattr(module, "time_map", None) is not None or any(
-                    isinstance(m, (LinearTimeMap, MLPTimeMap)) for _, m in after[:j])
-                sites.append(_site(model, name, after[j][0], protected))
+        after = [(n, m) for n, m in named[i + 1:] if _within(n, scope) and not _within(n, name)]
+        j = next((j for j, (_, m) in enumerate(after) if is_norm(m)), None)
+        if j is None or (isinstance(module, nn.Linear) and module.out_features != _channels(after[j][1])):
+            continue  # no norm after it, or a scale-shift (2 × C outputs) or another Linear of the block
+        protected = getattr(module, "time_map", None) is not None or any(
+            isinstance(m, (LinearTimeMap, MLPTimeMap)) for _, m in after[:j])
+        sites.append(_site(model, name, after[j][0], protected))
     return sites
 
 
-def _known_pairs(name: str, module: nn.Module) -> list[tuple[str, str, bool]] | None:
-    """(injector, norm, protected) for blocks whose structure we know; None for any other module."""
-    prefix = f"{name}." if name else ""
-    if type(module).__name__ == "ResnetBlock2D":  # diffusers: temb is added after conv1, before norm2
-        if getattr(module, "time_emb_proj", None) is None or module.time_embedding_norm != "default":
-            return []
-        return [(f"{prefix}time_emb_proj", f"{prefix}norm2", False)]
-    return None
+def _takes_embedding(name: str, module: nn.Module) -> bool:
+    """A block whose forward takes a time embedding after x: ``forward(x, emb)``, ``forward(x, temb)``, or, below
+    the model itself, ``forward(x, t)`` (diffusers' ``ResidualTemporalBlock1D`` names its embedding t)."""
+    names = EMBEDDING_NAMES + (TIME_NAMES if name else ())
+    return any(p.name in names for p in forward_parameters(module)[1:])
+
+
+def _on_embedding_path(model: nn.Module, block: str, name: str) -> bool:
+    """Whether only containers (``Sequential``, ``ModuleList``) lie between ``block`` and its submodule ``name``:
+    ADM's ``emb_layers[1]``, diffusers' ``time_emb_proj``; not a Linear inside an attention layer of the block."""
+    parts = name.split(".")
+    depth = len(block.split(".")) if block else 0
+    parents = [".".join(parts[:i]) for i in range(depth + 1, len(parts))]
+    return all(isinstance(model.get_submodule(p), (nn.Sequential, nn.ModuleList, nn.ModuleDict)) for p in parents)
 
 
 def _is_injector(module: nn.Module) -> bool:
+    """What adds t per channel to the next conv's output: timeaware's own conv, a conv taking ``(t, x)`` with no
+    weights but its kernel, or a weightless module that reads its ``.t`` (torchdyn's ``DepthCat``)."""
     if isinstance(module, TimeConv2d):
         return module.offset_kind != "none"
-    return isinstance(module, ConcatConv2d) or type(module).__name__ in INJECTOR_NAMES
+    if holds_time(module) and next(module.parameters(), None) is None:
+        return True
+    params = forward_parameters(module)
+    if len(params) < 2 or params[0].name not in TIME_NAMES:
+        return False
+    convs = [m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    return len(convs) == 1 and all(p is convs[0].weight or p is convs[0].bias for p in module.parameters())
+
+
+def _channels(norm: nn.Module) -> int | None:
+    grouped = groups_of(norm)
+    channels = grouped[1] if grouped is not None else getattr(norm, "num_features", None)
+    return channels if isinstance(channels, int) else None
 
 
 def _within(name: str, block: str) -> bool:
@@ -112,7 +141,7 @@ def _site(model: nn.Module, injector: str, norm_name: str, protected: bool) -> S
 
 
 def _zero_padded(module: nn.Module) -> bool:
-    """ConcatConv with zero padding: border pixels see part of the t-kernel (the edge effect)."""
+    """A conv concatenating t with zero padding: border pixels see part of the t-kernel (the edge effect)."""
     if _is_injector(module) and not isinstance(module, TimeConv2d):
         conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
         return conv is not None and conv.padding_mode == "zeros" and conv.padding not in ((0, 0), "valid")
