@@ -67,6 +67,7 @@ def find_vanishing_sites(model: nn.Module) -> list[Site]:
     blocks = [name for name, module in named if _takes_embedding(name, module)]
     sites: list[Site] = []
     for i, (name, module) in enumerate(named):
+        scope: str | None
         if _is_injector(module):
             scope = ""
         elif isinstance(module, nn.Linear):
