@@ -499,3 +499,41 @@ def test_a_site_the_tracer_thinks_protected_but_the_audit_reads_vanished_is_fixe
     (_, before, _), = result.survival()
     assert before.verdict == "vanished" and result.needed
     assert result.changes == ["norm2: positional timestep embedding 3x8x8 (linear, starts at 0)"]
+
+
+class FourierFeatures(nn.Module):
+    """score_sde's ``GaussianFourierProjection``: sin/cos of t at fixed random frequencies (continuous time)."""
+
+    def __init__(self, size: int = 8) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(size) * 16, requires_grad=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        proj = t[:, None] * self.W[None, :] * 2 * math.pi
+        return torch.cat([proj.sin(), proj.cos()], dim=-1)
+
+
+class ContinuousNet(OffsetNet):
+    """``forward(x, time_cond)`` (score_sde's NCSN++ argument name) with Fourier features of t ∈ [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fourier = FourierFeatures()
+        self.time = nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor, time_cond: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        h = self.conv(x) + self.time(self.fourier(time_cond.to(x.dtype)))[:, :, None, None]
+        return self.out(F.silu(self.norm(h)))
+
+
+def test_the_time_domain_comes_from_what_the_model_keeps_not_only_its_argument_name() -> None:
+    model = OffsetNet()
+    assert describe(model).domain.to_dict() == {"kind": "steps", "low": 0, "high": 999}  # nothing said: DDPM's
+    model.num_timesteps = 250  # a step count the model keeps (lucidrains' GaussianDiffusion-style attribute)
+    assert describe(model).domain.to_dict() == {"kind": "steps", "low": 0, "high": 249}
+    continuous = describe(ContinuousNet())
+    assert continuous.time_arg == "time_cond"
+    assert continuous.domain.to_dict() == {"kind": "continuous", "low": 0.0, "high": 1.0}
+    flagged = OffsetNet()
+    flagged.random_or_learned_sinusoidal_cond = True  # lucidrains' Unet built for continuous time
+    assert describe(flagged).domain.kind == "continuous"

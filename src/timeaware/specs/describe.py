@@ -11,6 +11,7 @@ be overridden by the caller; a call that still fails says which argument the mod
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import torch
@@ -19,8 +20,8 @@ from torch import nn
 from ..calling import Input, ModelCall, holds_time, model_dtype, unwrapped
 from ..embeddings import UNIT_INTERVAL, TimeDomain
 
-TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "sigma", "sigmas", "noise_labels", "noise_level",
-              "noise_levels", "c_noise", "noise_cond")
+TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "time_cond", "sigma", "sigmas", "noise_labels",
+              "noise_level", "noise_levels", "c_noise", "noise_cond")
 SIGMA_NAMES = ("sigma", "sigmas", "noise_level", "noise_levels")
 EMBEDDING_NAMES = ("temb", "emb", "time_emb", "t_emb", "time_embedding")
 LABEL_NAMES = ("y", "class_labels", "labels", "classes", "label", "cond_labels")
@@ -65,7 +66,7 @@ def _from_signature(model: nn.Module) -> ModelCall:
                          input_shape=guess_input_shape(model), extras=_labels(model, names[2:]))
     time_arg = next((n for n in names[1:] if n in TIME_NAMES), None)
     if time_arg is not None:
-        return ModelCall(convention="xt", time_arg=time_arg, domain=_domain_for(time_arg),
+        return ModelCall(convention="xt", time_arg=time_arg, domain=_domain_for(model, time_arg),
                          input_shape=guess_input_shape(model), extras=_labels(model, names))
     emb_arg = next((n for n in names[1:] if n in EMBEDDING_NAMES), None)
     if emb_arg is not None:
@@ -81,15 +82,29 @@ def _from_signature(model: nn.Module) -> ModelCall:
         if shape is not None:  # t is one of the first layer's input features/channels
             shape = tuple(s - 1 if i == (0 if dim == 1 else len(shape) - 1) else s for i, s in enumerate(shape))
         return ModelCall(convention="concat", concat_dim=dim, domain=UNIT_INTERVAL, input_shape=shape or None)
-    return ModelCall(convention="xt", domain=DIFFUSION_STEPS, input_shape=guess_input_shape(model),
+    return ModelCall(convention="xt", domain=_domain_for(model, ""), input_shape=guess_input_shape(model),
                      extras=_labels(model, names))
 
 
-def _domain_for(name: str) -> TimeDomain:
+STEP_COUNTS = ("num_timesteps", "num_train_timesteps", "diffusion_steps", "timesteps", "T")
+FOURIER = re.compile(r"Fourier|RandomOrLearnedSinusoidal|LearnedSinusoidal")
+
+
+def _domain_for(model: nn.Module, name: str) -> TimeDomain:
+    """The domain of the argument t goes into: from its name (σ, EDM's c_noise), a step count the model keeps
+    (``num_timesteps = 1000``: steps 0..999), or Fourier features of t, which continuous-time models use
+    (score_sde, lucidrains' ``random_fourier_features``): [0, 1]. Otherwise diffusion steps 0..999."""
     if name in SIGMA_NAMES:
         return EDM_SIGMAS
     if name in ("noise_labels", "c_noise", "noise_cond"):  # EDM's c_noise = ln(σ)/4 for σ in [0.002, 80]
         return TimeDomain("continuous", -1.55, 1.1)
+    steps = next((v for k in STEP_COUNTS if isinstance(v := getattr(model, k, None), int) and not isinstance(v, bool)
+                  and 2 <= v <= 10**9), None)
+    if steps is not None:
+        return TimeDomain("steps", 0, steps - 1)
+    if getattr(model, "random_or_learned_sinusoidal_cond", False) is True or any(
+            FOURIER.search(type(m).__name__) for m in model.modules()):
+        return UNIT_INTERVAL
     return DIFFUSION_STEPS
 
 
