@@ -978,6 +978,204 @@ def make_anode_func(channels: int | str = 1, num_filters: int | str = 8) -> Conv
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 9. Latent diffusion's U-Net with cross-attention to a context (CompVis/latent-diffusion
+#    ldm/modules/diffusionmodules/openaimodel.py, ldm/modules/attention.py), and DiT (facebookresearch/DiT models.py)
+
+
+class CrossAttention(nn.Module):
+    """ldm/modules/attention.py: ``to_q`` over x, ``to_k``/``to_v`` over the context (x itself when None)."""
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 2, dim_head: int = 8) -> None:
+        super().__init__()
+        inner, context_dim = heads * dim_head, context_dim or query_dim
+        self.heads, self.scale = heads, dim_head**-0.5
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = (f(a).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+                   for f, a in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
+        weight = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)
+        return self.to_out((weight @ v).transpose(1, 2).flatten(2))
+
+
+class BasicTransformerBlock(nn.Module):
+    """ldm/modules/attention.py: self-attention, cross-attention to the context, feed-forward; pre-LayerNorm."""
+
+    def __init__(self, dim: int, context_dim: int) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.attn2 = CrossAttention(dim, context_dim)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context=context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """ldm/modules/attention.py: GroupNorm(32) → 1×1 proj_in → transformer blocks on tokens → zero 1×1 proj_out."""
+
+    def __init__(self, channels: int, context_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, context_dim)])
+        self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context=context)
+        return self.proj_out(tokens.transpose(1, 2).reshape(b, c, h, w)) + x
+
+
+class LDMSequential(nn.Sequential, TimestepBlock):
+    """openaimodel.py TimestepEmbedSequential: emb to the ResBlocks, the context to the SpatialTransformers."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            x = (layer(x, emb) if isinstance(layer, TimestepBlock) else
+                 layer(x, context) if isinstance(layer, SpatialTransformer) else layer(x))
+        return x
+
+
+class LDMUNet(nn.Module):
+    """openaimodel.py UNetModel with ``use_spatial_transformer``: ``forward(x, timesteps=None, context=None,
+    y=None)``; ADM's ResBlocks (emb added before ``out_layers[0]``), one level here."""
+
+    def __init__(self, in_channels: int, model_channels: int, context_dim: int) -> None:
+        super().__init__()
+        self.model_channels, mc = model_channels, model_channels
+        self.time_embed = nn.Sequential(nn.Linear(mc, 4 * mc), nn.SiLU(), nn.Linear(4 * mc, 4 * mc))
+        res = functools.partial(ResBlock, emb_channels=4 * mc, dropout=0.0)
+        self.input_blocks = nn.ModuleList([LDMSequential(nn.Conv2d(in_channels, mc, 3, padding=1)),
+                                           LDMSequential(res(mc), SpatialTransformer(mc, context_dim))])
+        self.middle_block = LDMSequential(res(mc), SpatialTransformer(mc, context_dim), res(mc))
+        self.output_blocks = nn.ModuleList([LDMSequential(res(2 * mc, out_channels=mc),
+                                                          SpatialTransformer(mc, context_dim)),
+                                            LDMSequential(res(2 * mc, out_channels=mc))])
+        self.out = nn.Sequential(normalization(mc), nn.SiLU(), zero_module(nn.Conv2d(mc, in_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        assert timesteps is not None and y is None
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        hs, h = [], x
+        for module in self.input_blocks:
+            h = module(h, emb, context)
+            hs.append(h)
+        h = self.middle_block(h, emb, context)
+        for module in self.output_blocks:
+            h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
+        return self.out(h)
+
+
+def make_ldm_unet(in_channels: int | str = 4, model_channels: int | str = 32, context_dim: int | str = 16,
+                  perturb: bool | str = False) -> LDMUNet:
+    model = LDMUNet(_int(in_channels), _int(model_channels), _int(context_dim))
+    if _flag(perturb):
+        _unzero([m.out_layers[3] for m in model.modules() if isinstance(m, ResBlock)]
+                + [m.proj_out for m in model.modules() if isinstance(m, SpatialTransformer)] + [model.out[2]])
+    return model
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class TimestepEmbedder(nn.Module):
+    """DiT: sinusoidal features of t (256, [cos | sin]) → Linear → SiLU → Linear."""
+
+    def __init__(self, hidden: int, frequencies: int = 256) -> None:
+        super().__init__()
+        self.frequencies = frequencies
+        self.mlp = nn.Sequential(nn.Linear(frequencies, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.frequencies))
+
+
+class LabelEmbedder(nn.Module):
+    """DiT: an embedding table of num_classes + 1 rows (the last is the null class of classifier-free guidance)."""
+
+    def __init__(self, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels)
+
+
+class DiTBlock(nn.Module):
+    """DiT: adaLN-Zero: LayerNorm without affine → modulate(shift, scale) → attention / MLP → gate."""
+
+    def __init__(self, hidden: int, heads: int = 2) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * hidden, hidden))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        x = x + gate1.unsqueeze(1) * self.attn(h, h, h, need_weights=False)[0]
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class DiT(nn.Module):
+    """facebookresearch/DiT models.py: ``forward(x, t, y)``, integer steps (N,), labels (N,); patches of a fixed
+    input size (timm's PatchEmbed refuses others); adaLN-Zero and a zero final layer at init."""
+
+    def __init__(self, input_size: int = 8, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 32,
+                 depth: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
+        self.x_embedder = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size)
+        tokens = (input_size // patch_size) ** 2
+        self.pos_embed = nn.Parameter(timestep_embedding(torch.arange(tokens), hidden_size)[None], requires_grad=False)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size) for _ in range(depth)])
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.final_linear = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
+        for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_adaLN[-1], self.final_linear]:
+            zero_module(layer)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise AssertionError(f"Input height ({x.shape[-2]}) doesn't match model ({self.input_size}).")
+        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed
+        c = self.t_embedder(t) + self.y_embedder(y)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.final_adaLN(c).chunk(2, dim=1)
+        h = self.final_linear(modulate(self.norm_final(h), shift, scale))
+        p, side = self.patch_size, self.input_size // self.patch_size
+        h = h.reshape(x.shape[0], side, side, p, p, self.in_channels)
+        return torch.einsum("nhwpqc->nchpwq", h).reshape(x.shape)
+
+
+def make_dit(input_size: int | str = 8, in_channels: int | str = 4, num_classes: int | str = 10,
+             perturb: bool | str = False) -> DiT:
+    model = DiT(_int(input_size), in_channels=_int(in_channels), num_classes=_int(num_classes))
+    if _flag(perturb):
+        _unzero([*(b.adaLN_modulation[-1] for b in model.blocks), model.final_adaLN[-1], model.final_linear])
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 8. diffusers models, used directly: the smallest configs that build and run (checked with diffusers 0.42)
 
 DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {
@@ -1190,6 +1388,14 @@ FAMILIES: dict[str, FamilyInfo] = {
     "anode_func": FamilyInfo(make_anode_func, "positional", 0, "scalar", "continuous", (0.0, 1.0), (1, 8, 8),
                              "concat-channel", False,
                              source="EmilienDupont/augmented-neural-odes anode/conv_models.py ConvODEFunc"),
+    "ldm_unet": FamilyInfo(make_ldm_unet, "positional", 1, "batch", "steps", (0, 999), (4, 8, 8), "add-before-norm",
+                           True, extra={"context": Extra(shape=(4, 16))}, zero_init=("*out_layers.3.*", "*proj_out.*",
+                                                                                      "out.2.*"),
+                           t_reaches_output_at_init=False, source="CompVis/latent-diffusion openaimodel.py"),
+    "dit": FamilyInfo(make_dit, "positional", 1, "batch", "steps", (0, 999), (4, 8, 8), "adaln-zero", False,
+                      extra={"y": Extra(classes=10)}, zero_init=("*adaLN_modulation.1.*", "final_adaLN.1.*",
+                                                                 "final_linear.*"),
+                      t_reaches_output_at_init=False, source="facebookresearch/DiT models.py"),
     "diffusers_unet2d": _diffusers_family("unet2d", time_shape="batch", domain="steps", time_range=(0, 999),
                                           input_shape=(3, 8, 8), injection="add-before-norm", needs_fix=True),
     "diffusers_unet2d_scale_shift": _diffusers_family(

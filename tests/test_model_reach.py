@@ -537,3 +537,14 @@ def test_the_time_domain_comes_from_what_the_model_keeps_not_only_its_argument_n
     flagged = OffsetNet()
     flagged.random_or_learned_sinusoidal_cond = True  # lucidrains' Unet built for continuous time
     assert describe(flagged).domain.kind == "continuous"
+
+
+def test_labels_come_from_a_class_table_and_a_context_from_a_cross_attention() -> None:
+    """DiT keeps no num_classes (its LabelEmbedder's table has one more row, the null class); LDM's U-Net
+    reads its context through attn2.to_k, whose width differs from the query's."""
+    from families import make_dit, make_ldm_unet
+
+    dit = describe(make_dit(num_classes=7))
+    assert dit.time_arg == "t" and dit.inputs["y"].kind == "labels" and dit.inputs["y"].high == 8
+    ldm = describe(make_ldm_unet(context_dim=12))
+    assert ldm.time_arg == "timesteps" and ldm.inputs["context"].shape == (8, 12) and "y" not in ldm.inputs

@@ -25,6 +25,8 @@ TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "time_cond", 
 SIGMA_NAMES = ("sigma", "sigmas", "noise_level", "noise_levels")
 EMBEDDING_NAMES = ("temb", "emb", "time_emb", "t_emb", "time_embedding")
 LABEL_NAMES = ("y", "class_labels", "labels", "classes", "label", "cond_labels")
+LABEL_TABLE = re.compile(r"(^|[._])(label|class|y_emb)", re.IGNORECASE)  # label_emb, y_embedder, classes_emb
+CONTEXT_NAMES = ("context", "encoder_hidden_states", "c_crossattn", "text_embeds", "text_embeddings", "cond_emb")
 DIFFUSION_STEPS = TimeDomain("steps", 0, 999)
 EDM_SIGMAS = TimeDomain("sigma", 0.002, 80.0)
 
@@ -63,11 +65,11 @@ def _from_signature(model: nn.Module) -> ModelCall:
     names = [p.name for p in params]
     if names and names[0] in TIME_NAMES and len(names) >= 2:  # torchdiffeq / torchdyn / torchcfm wrappers
         return ModelCall(convention="tx", scalar_time=True, domain=UNIT_INTERVAL,  # an ODE solver passes 0-d t
-                         input_shape=guess_input_shape(model), extras=_labels(model, names[2:]))
+                         input_shape=guess_input_shape(model), extras=_extras(model, names[2:]))
     time_arg = next((n for n in names[1:] if n in TIME_NAMES), None)
     if time_arg is not None:
         return ModelCall(convention="xt", time_arg=time_arg, domain=_domain_for(model, time_arg),
-                         input_shape=guess_input_shape(model), extras=_labels(model, names))
+                         input_shape=guess_input_shape(model), extras=_extras(model, names))
     emb_arg = next((n for n in names[1:] if n in EMBEDDING_NAMES), None)
     if emb_arg is not None:
         return ModelCall(convention="embedding", embedding_dim=_embedding_dim(model), domain=DIFFUSION_STEPS,
@@ -83,7 +85,7 @@ def _from_signature(model: nn.Module) -> ModelCall:
             shape = tuple(s - 1 if i == (0 if dim == 1 else len(shape) - 1) else s for i, s in enumerate(shape))
         return ModelCall(convention="concat", concat_dim=dim, domain=UNIT_INTERVAL, input_shape=shape or None)
     return ModelCall(convention="xt", domain=_domain_for(model, ""), input_shape=guess_input_shape(model),
-                     extras=_labels(model, names))
+                     extras=_extras(model, names))
 
 
 STEP_COUNTS = ("num_timesteps", "num_train_timesteps", "diffusion_steps", "timesteps", "T")
@@ -108,13 +110,38 @@ def _domain_for(model: nn.Module, name: str) -> TimeDomain:
     return DIFFUSION_STEPS
 
 
-def _labels(model: nn.Module, names: list[str]) -> tuple[tuple[str, Input], ...]:
-    """Random class labels for a class-conditional model (``num_classes`` set and a label argument)."""
-    classes = getattr(model, "num_classes", None)
-    name = next((n for n in names if n in LABEL_NAMES), None)
-    if name is None or isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        return ()
-    return ((name, Input(kind="labels", high=classes)),)
+def _extras(model: nn.Module, names: list[str]) -> tuple[tuple[str, Input], ...]:
+    """The inputs besides x and t a model's forward names: class labels and a cross-attention context."""
+    extras: list[tuple[str, Input]] = []
+    label = next((n for n in names if n in LABEL_NAMES), None)
+    classes = _count(getattr(model, "num_classes", None)) or _label_table(model)
+    if label is not None and classes:
+        extras.append((label, Input(kind="labels", high=classes)))
+    context = next((n for n in names if n in CONTEXT_NAMES), None)
+    width = _count(getattr(model, "context_dim", None)) or _count(getattr(model, "cross_attention_dim", None))
+    if context is not None and (width := width or _context_width(model)):
+        extras.append((context, Input(shape=(8, width))))  # 8 tokens of text embedding
+    return tuple(extras)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
+def _label_table(model: nn.Module) -> int | None:
+    """Rows of the class embedding table (DiT's ``y_embedder.embedding_table``, ADM's ``label_emb``)."""
+    return next((m.num_embeddings for name, m in model.named_modules()
+                 if isinstance(m, nn.Embedding) and LABEL_TABLE.search(name)), None)
+
+
+def _context_width(model: nn.Module) -> int | None:
+    """The context width a cross-attention reads: the input of its key projection where it differs from the
+    query's (LDM's ``CrossAttention``, diffusers' ``Attention``: ``to_k`` over context, ``to_q`` over x)."""
+    for module in model.modules():
+        key, query = getattr(module, "to_k", None), getattr(module, "to_q", None)
+        if isinstance(key, nn.Linear) and isinstance(query, nn.Linear) and key.in_features != query.in_features:
+            return key.in_features
+    return None
 
 
 def _embedding_dim(model: nn.Module) -> int:
