@@ -537,6 +537,12 @@ def test_the_time_domain_comes_from_what_the_model_keeps_not_only_its_argument_n
     flagged = OffsetNet()
     flagged.random_or_learned_sinusoidal_cond = True  # lucidrains' Unet built for continuous time
     assert describe(flagged).domain.kind == "continuous"
+    ve = ContinuousNet()  # score_sde's NCSN++ keeps its noise levels; with Fourier features it takes σ itself
+    ve.register_buffer("sigmas", torch.logspace(2, -2, 10))
+    assert describe(ve).domain.to_dict() == {"kind": "sigma", "low": pytest.approx(0.01), "high": pytest.approx(100)}
+    vp = OffsetNet()  # with a sinusoidal embedding it takes an index into them
+    vp.register_buffer("sigmas", torch.linspace(1, 0.1, 50))
+    assert describe(vp).domain.to_dict() == {"kind": "steps", "low": 0, "high": 49}
 
 
 def test_labels_come_from_a_class_table_and_a_context_from_a_cross_attention() -> None:

@@ -94,8 +94,9 @@ FOURIER = re.compile(r"Fourier|RandomOrLearnedSinusoidal|LearnedSinusoidal")
 
 def _domain_for(model: nn.Module, name: str) -> TimeDomain:
     """The domain of the argument t goes into: from its name (σ, EDM's c_noise), a step count the model keeps
-    (``num_timesteps = 1000``: steps 0..999), or Fourier features of t, which continuous-time models use
-    (score_sde, lucidrains' ``random_fourier_features``): [0, 1]. Otherwise diffusion steps 0..999."""
+    (``num_timesteps = 1000``: steps 0..999), the noise levels it keeps (score_sde's ``sigmas``: σ between them
+    with Fourier features, else their indices), or Fourier features of t, which continuous-time models use
+    (lucidrains' ``random_fourier_features``): [0, 1]. Otherwise diffusion steps 0..999."""
     if name in SIGMA_NAMES:
         return EDM_SIGMAS
     if name in ("noise_labels", "c_noise", "noise_cond"):  # EDM's c_noise = ln(σ)/4 for σ in [0.002, 80]
@@ -104,10 +105,15 @@ def _domain_for(model: nn.Module, name: str) -> TimeDomain:
                   and 2 <= v <= 10**9), None)
     if steps is not None:
         return TimeDomain("steps", 0, steps - 1)
-    if getattr(model, "random_or_learned_sinusoidal_cond", False) is True or any(
-            FOURIER.search(type(m).__name__) for m in model.modules()):
-        return UNIT_INTERVAL
-    return DIFFUSION_STEPS
+    fourier = getattr(model, "random_or_learned_sinusoidal_cond", False) is True or any(
+        FOURIER.search(type(m).__name__) for m in model.modules())
+    sigmas = getattr(model, "sigmas", None)  # score_sde keeps its noise levels: σ with Fourier features, else indices
+    if (isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and sigmas.numel() >= 2 and sigmas.is_floating_point()
+            and bool(torch.isfinite(sigmas).all() and (sigmas > 0).all()) and sigmas.min() < sigmas.max()):
+        if fourier:
+            return TimeDomain("sigma", float(sigmas.min()), float(sigmas.max()))
+        return TimeDomain("steps", 0, sigmas.numel() - 1)
+    return UNIT_INTERVAL if fourier else DIFFUSION_STEPS
 
 
 def _extras(model: nn.Module, names: list[str]) -> tuple[tuple[str, Input], ...]:
