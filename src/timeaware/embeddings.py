@@ -24,6 +24,9 @@ from .validate import check_positive, choice
 TIME_KINDS = ("steps", "continuous", "sigma")
 
 
+MAX_TIME = float(2**53)  # the largest a time may be: integer steps up to it are exact in float64
+
+
 @dataclass(frozen=True)
 class TimeDomain:
     """Where a model's t lives, and so how t is scaled before a positional map sees it.
@@ -43,8 +46,10 @@ class TimeDomain:
         choice("kind", self.kind, TIME_KINDS)
         for name in ("low", "high"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"time domain {name}={value!r} is not allowed; it must be a finite number")
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or abs(value) > MAX_TIME):
+                raise ValueError(f"time domain {name}={value!r} is not allowed; it must be a finite number of "
+                                 f"magnitude at most {MAX_TIME:g}")
         if not self.low < self.high:
             raise ValueError(f"time domain [{self.low}, {self.high}] is not allowed; it needs low < high")
         if self.kind == "steps" and (self.low != int(self.low) or self.high != int(self.high) or self.low < 0):

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .resources import check_memory
 
@@ -156,6 +157,47 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{path}: corrupted or truncated safetensors file ({err})") from None
+
+
+def load_weights(module: nn.Module, path: str | Path, against: str = "the model") -> None:
+    """Load a weights file into ``module`` after checking every tensor against what the module holds.
+
+    One line naming the file and the first bad tensor for: a missing or unexpected name, another shape, another
+    kind of number (an integer, bool or complex tensor for a float parameter, or the reverse: ``load_state_dict``
+    would cast it silently), or NaN/inf values. Float precisions may differ (float16 weights load into float32).
+    """
+    path = Path(path)
+    tensors = load_tensors(path)
+    problem = weights_problem(tensors, module.state_dict())
+    if problem:
+        raise ValueError(f"{path}: {problem}; it does not match {against}")
+    module.load_state_dict(tensors)
+
+
+def weights_problem(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    """What is wrong with ``tensors`` as a state dict shaped like ``expected`` ("" when nothing is)."""
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing:
+        return f"tensor {missing[0]!r} is missing ({len(missing)} missing in all)"
+    if unexpected:
+        return f"tensor {unexpected[0]!r} is not one of the model's ({len(unexpected)} unexpected in all)"
+    for key, want in expected.items():
+        got = tensors[key]
+        if got.shape != want.shape:
+            return f"tensor {key!r} has shape {tuple(got.shape)}, the model's {tuple(want.shape)}"
+        if _kind(got) != _kind(want):
+            return f"tensor {key!r} holds {got.dtype} values where the model holds {want.dtype} ({_kind(want)})"
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            return f"tensor {key!r} holds NaN/inf values (corrupted weights, or a run that diverged)"
+    return ""
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    if tensor.is_complex():
+        return "complex"
+    if tensor.is_floating_point():
+        return "floating point"
+    return "bool" if tensor.dtype == torch.bool else "integer"
 
 
 def tensor_bytes(path: str | Path) -> int:

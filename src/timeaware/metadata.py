@@ -42,8 +42,16 @@ CHECKPOINT_STATE = {
                                      "plain": {"type": "object"}}},
         "scheduler": {"type": "object"},
         "rng": {"type": "object", "required": ["numpy", "python"],
-                "properties": {"numpy": {"type": "array", "minItems": 4, "maxItems": 4},
-                               "python": {"type": "array", "minItems": 3, "maxItems": 3}}},
+                "properties": {  # numpy's MT19937 (kind, pos, has_gauss, cached) and Python's (version, words, gauss)
+                    "numpy": {"type": "array", "prefixItems": [{"const": "MT19937"},
+                                                               {"type": "integer", "minimum": 0, "maximum": 624},
+                                                               {"enum": [0, 1]}, {"type": "number"}],
+                              "minItems": 4, "maxItems": 4},
+                    "python": {"type": "array", "prefixItems": [
+                        {"type": "integer", "minimum": 1, "maximum": 3},
+                        {"type": "array", "minItems": 625, "maxItems": 625,
+                         "items": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}},
+                        {"type": ["null", "number"]}], "minItems": 3, "maxItems": 3}}},
         "state": {
             "type": "object",
             "properties": {

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageData
-from ..io import load_tensors, save_tensors, write_json
+from ..io import load_weights, save_tensors, write_json
 from ..metadata import CLASSIFIER_INFO, read_checked
 from ..paths import check_output
 from ..progress import say
@@ -113,10 +113,7 @@ def classifier_for(path: str | Path, train: ImageData, test: ImageData, steps: i
             raise ValueError(f"{path}: was trained on {info['data']} {info['image_shape']}, not {train.name} {shape}; "
                              "pass another --classifier path")
         model = FeatureClassifier(**info["config"])
-        try:
-            model.load_state_dict(load_tensors(path))
-        except RuntimeError as err:
-            raise ValueError(f"{path}: does not match {info_path} ({str(err).splitlines()[0]})") from None
+        load_weights(model, path, against=str(info_path))
         return model.eval(), info
     say(f"FD-classifier: no classifier at {path} yet; training one on {train.name} ({len(train)} images, {steps} "
         "steps) and saving it there for later evaluations", progress)

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..calling import ModelCall
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import load_weights, read_json, save_tensors, write_json
 from ..specs import build_base
 from .fix import POSITIONAL_FORMS, FixResult, apply_fix
 
@@ -44,13 +44,9 @@ def load_fixed(folder: str | Path, *, trust_code: bool = False) -> nn.Module:
         raise ValueError(f"{recipe}: not a timeaware fix recipe (expected the keys base, call, fix)")
     call = _field(recipe, "call", lambda: ModelCall.from_dict(meta["call"]))
     options = _options(recipe, meta["fix"])
-    model = build_base(meta["base"], trust_code=trust_code, source=str(recipe))
+    model = _field(recipe, "base", lambda: build_base(meta["base"], trust_code=trust_code, source=str(recipe)))
     _field(recipe, "fix", lambda: apply_fix(model, options, call))
-    try:
-        model.load_state_dict(load_tensors(folder / "model.safetensors"))
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(f"{folder / 'model.safetensors'}: does not match fix.json ({first})") from None
+    load_weights(model, folder / "model.safetensors", against=str(recipe))
     return model
 
 
@@ -79,8 +75,9 @@ def _options(recipe: Path, options: Any) -> dict[str, Any]:
 
 
 def _field(recipe: Path, name: str, build: Any) -> Any:
+    """``build()``, with any failure one line naming the recipe and its field (a missing module: AttributeError)."""
     try:
         return build()
-    except (ValueError, TypeError, AttributeError, KeyError) as err:  # a missing module name: AttributeError
-        raise ValueError(f"{recipe}: field {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
-            from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(text if text.startswith(f"{recipe}: ") else f"{recipe}: field {name!r}: {text}") from None

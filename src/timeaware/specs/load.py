@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io import load_tensors, read_json
+from ..io import load_weights, read_json
 from ..metadata import check_diffusers_config
 from ..resources import check_memory
 
@@ -96,7 +96,7 @@ def build_base(record: dict[str, Any], *, trust_code: bool = False, source: str 
                                              time=record["time"], size=tuple(record["size"]),
                                              t1=float(record.get("t1", 1.0))), source)
     if record.get("kind") != "factory":
-        raise ValueError(f"unknown model record kind {record.get('kind')!r}; expected diffusers, factory, "
+        raise ValueError(f"{source}: unknown model record kind {record.get('kind')!r}; expected diffusers, factory, "
                          "timeaware-unet or timeaware-node-func")
     spec, kwargs = record.get("target"), record.get("kwargs", {})
     if not trust_code:
@@ -156,10 +156,7 @@ def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
                          "safe_serialization=True)) or pass the config.json alone for random weights")
     model: Any = build_base(record, source=str(config_file))  # a diffusers ModelMixin (untyped)
     if weights:
-        try:
-            model.load_state_dict(load_tensors(weights[0]))
-        except RuntimeError as err:
-            raise ValueError(f"{weights[0]}: does not match {config_file} ({str(err).splitlines()[0]})") from None
+        load_weights(model, weights[0], against=str(config_file))
     return model, {**record, "config": dict(model.config)}
 
 

@@ -11,11 +11,13 @@ switched, so a crash at any moment leaves the previous checkpoint usable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io import atomic_write_text, load_tensors, save_tensors
+from ..io import atomic_write_text, load_tensors, load_weights, save_tensors
 from ..metadata import CHECKPOINT_STATE, read_checked
 from ..paths import is_run_folder
 
@@ -162,22 +164,61 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
     path = find_checkpoint(path)
     meta = read_checkpoint_state(path)
     for key, module in modules.items():
-        file = path / f"{key}.safetensors"
-        try:
-            module.load_state_dict(load_tensors(file))
-        except RuntimeError as err:
-            raise ValueError(f"{file}: does not match the model ({str(err).splitlines()[0]})") from None
-    try:
-        if optimizer is not None:
+        load_weights(module, path / f"{key}.safetensors")
+    state_file = path / "state.json"
+    if optimizer is not None:
+        with _corrupted(state_file, "optimizer"):
+            _check_like(meta["optimizer"]["param_groups"], optimizer.state_dict()["param_groups"], "param_groups")
             optimizer.load_state_dict(_join_optimizer(load_tensors(path / "optimizer.safetensors"),
                                                       meta["optimizer"]))
-        if scheduler is not None and "scheduler" in meta:
+    if scheduler is not None and "scheduler" in meta:
+        with _corrupted(state_file, "scheduler"):  # load_state_dict sets attributes: only the ones it has, alike
+            _check_like(meta["scheduler"], scheduler.state_dict(), "scheduler")
             scheduler.load_state_dict(meta["scheduler"])
-        if restore_rng:
-            _restore_rng(load_tensors(path / "rng.safetensors"), meta["rng"], generators or {})
-    except (KeyError, TypeError, IndexError) as err:
-        raise ValueError(f"{path / 'state.json'}: corrupted checkpoint metadata (bad or missing {err})") from None
+    if restore_rng:
+        with _corrupted(path / "rng.safetensors", "rng"):
+            rng = load_tensors(path / "rng.safetensors")
+            _check_rng_tensors(rng, generators or {})
+        with _corrupted(state_file, "rng"):  # numpy's and Python's generators, from both files
+            _restore_host_rng(rng["numpy"], meta["rng"])
+        with _corrupted(path / "rng.safetensors", "rng"):
+            _restore_torch_rng(rng, generators or {})
     return meta
+
+
+@contextlib.contextmanager
+def _corrupted(file: Path, part: str) -> Iterator[None]:
+    """Any failure restoring ``part`` as one line naming ``file`` (a hostile or damaged checkpoint)."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, ValueError, OverflowError, RuntimeError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{file}: corrupted checkpoint metadata ({part}: {detail[:200]})") from None
+
+
+def _check_like(value: Any, like: Any, where: str) -> None:
+    """``value`` has the structure of ``like``: the same keys, list lengths and kinds of scalars (None: any)."""
+    if value is None or like is None:
+        return
+    if isinstance(like, dict):
+        if not isinstance(value, dict) or set(map(str, value)) != set(map(str, like)):
+            raise ValueError(f"{where} has fields {sorted(map(str, value)) if isinstance(value, dict) else value!r}, "
+                             f"expected {sorted(map(str, like))}")
+        for key, item in like.items():
+            _check_like(value.get(key, value.get(str(key))), item, f"{where}.{key}")
+    elif isinstance(like, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(like):
+            raise ValueError(f"{where} is {str(value)[:40]}, expected a list of {len(like)}")
+        for i, (item, ref) in enumerate(zip(value, like)):
+            _check_like(item, ref, f"{where}.{i}")
+    elif _scalar_kind(value) != _scalar_kind(like):
+        raise ValueError(f"{where} is {value!r}, expected a {_scalar_kind(like)}")
+
+
+def _scalar_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, int | float) else type(value).__name__
 
 
 def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
@@ -235,16 +276,28 @@ def _rng_state(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.
     return tensors, meta
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                 generators: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(tensors["torch"])
+def _check_rng_tensors(tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    """torch's and the generators' states are bytes, numpy's 624 words; every generator has one."""
+    for key in ("torch", "numpy", *(f"gen.{k}" for k in generators)):
+        if key not in tensors:
+            raise ValueError(f"no RNG state {key!r}")
+    for key, tensor in tensors.items():
+        want = (torch.int64, (624,)) if key == "numpy" else (torch.uint8, None)
+        if tensor.dtype != want[0] or tensor.ndim != 1 or (want[1] is not None and tuple(tensor.shape) != want[1]):
+            raise ValueError(f"RNG state {key!r} is {tensor.dtype} of shape {tuple(tensor.shape)}, expected "
+                             f"{want[0]} {'(624,)' if want[1] else 'bytes'}")
+
+
+def _restore_host_rng(numpy_words: torch.Tensor, meta: dict[str, Any]) -> None:
     kind, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((kind, numpy_words.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def _restore_torch_rng(tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(tensors["torch"])
     for key, gen in generators.items():
-        if f"gen.{key}" not in tensors:
-            raise ValueError(f"checkpoint has no RNG state for generator {key!r}")
         gen.set_state(tensors[f"gen.{key}"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
