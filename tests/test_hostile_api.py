@@ -104,7 +104,7 @@ def fixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("where", "value", "message"), [
-    (("base", "channels"), 4096, r"fix.json: a model of [\d,]+ bytes of weights needs about"),
+    (("base", "channels"), 4096, r"fix.json: .*[\d,]+ (bytes of weights|parameters) needs about [\d.]+ GiB"),
     (("base",), {"kind": "timeaware-node-func"}, r"fix.json: the model record does not describe a model \(missing "
                                                   r"field 'channels'\)"),
     (("fix", "sites"), {"norm2": [4096, 4096, 4096]}, r"fix.sites must map .* at most 16,777,216 positions"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .parsing import split_pair
-from .validate import check_nonnegative, check_positive, choice
+from .validate import check_nonnegative, check_positive, check_width, choice
 
 NORMS = ("batch", "instance", "group", "layer", "none")
 POSITIONAL = ("none", "linear", "mlp")
@@ -63,7 +63,7 @@ class TimeAware:
 
     def check_channels(self, channels: int) -> None:
         """Raise unless this config can normalize ``channels`` channels."""
-        check_positive("channels", channels)
+        check_width("channels", channels)
         if self.norm == "group" and channels % self.groups:
             raise ValueError(
                 f"groups={self.groups} does not divide channels={channels}; "

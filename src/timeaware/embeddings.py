@@ -19,7 +19,17 @@ import torch
 from torch import nn
 
 from .config import TimeAware
-from .validate import check_positive, choice
+from .validate import (
+    MAX_MAP,
+    MAX_WIDTH,
+    check_int,
+    check_number,
+    check_parameters,
+    check_positive,
+    check_type,
+    check_width,
+    choice,
+)
 
 TIME_KINDS = ("steps", "continuous", "sigma")
 
@@ -108,6 +118,8 @@ def as_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Te
     Accepts a Python number, a 0-d tensor (one t shared by the batch, as in an ODE solve) or a
     per-sample tensor of shape (batch,) (as in diffusion training).
     """
+    if not isinstance(t, (int, float, torch.Tensor)) or isinstance(t, bool):
+        check_type("t", t, float | torch.Tensor)
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
     t = torch.as_tensor(t, dtype=dtype, device=like.device)  # a Python float never rounds via float32
     if t.ndim == 0:
@@ -124,13 +136,23 @@ def sinusoidal_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) 
 
     Equals diffusers' ``get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=1)``.
     """
-    check_positive("dim", dim)
-    if dim % 2 or dim < 4:
-        raise ValueError(f"dim={dim} is not allowed; sinusoidal features need an even dim >= 4")
+    check_features("dim", dim)
+    check_number("max_period", max_period, 1.0, low_open=True)
+    if t.ndim != 1:
+        raise ValueError(f"t has shape {tuple(t.shape)}; sinusoidal features take one t per sample, shape (B,)")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"t contains non-finite values {t[~torch.isfinite(t)].tolist()[:4]}; t must be finite")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1).to(t.dtype if t.is_floating_point() else torch.float32)
+
+
+def check_features(name: str, dim: Any) -> None:
+    """A sinusoidal feature width: an even integer from 4 to ``MAX_WIDTH``."""
+    check_width(name, dim)
+    if dim % 2 or dim < 4:
+        raise ValueError(f"{name}={dim} is not allowed; sinusoidal features need an even width from 4 to {MAX_WIDTH}")
 
 
 def init_bias_(module: M, policy: str) -> M:
@@ -158,7 +180,9 @@ class TimestepMLP(nn.Module):
 
     def __init__(self, features: int, out_dim: int, config: TimeAware, domain: TimeDomain = DDPM_STEPS) -> None:
         super().__init__()
-        check_positive("out_dim", out_dim)
+        check_features("features", features)
+        check_width("out_dim", out_dim)
+        check_parameters(features * out_dim + out_dim * out_dim, "TimestepMLP")
         self.features, self.domain = features, domain
         self.net = nn.Sequential(nn.Linear(features, out_dim), make_activation(config.activation),
                                  nn.Linear(out_dim, out_dim))
@@ -178,9 +202,12 @@ class LinearTimeMap(nn.Module):
     def __init__(self, size: tuple[int, ...], init_std: float = 0.1, domain: TimeDomain = UNIT_INTERVAL) -> None:
         super().__init__()
         self.size, self.domain = _check_size(size), domain
+        check_number("init_std", init_std, 0)
         self.weight = nn.Parameter(torch.randn(self.size) * init_std)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim > 1:
+            raise ValueError(f"t has shape {tuple(t.shape)}; a positional map takes a scalar t or shape (B,)")
         u = self.domain.unit(t).to(self.weight.dtype)
         return u.view(-1, 1, *([1] * len(self.size))) * self.weight
 
@@ -198,7 +225,9 @@ class MLPTimeMap(nn.Module):
                  domain: TimeDomain = DDPM_STEPS, zero_init: bool = False, sinusoidal: bool = True) -> None:
         super().__init__()
         self.size = _check_size(size)
-        check_positive("hidden", hidden)
+        (check_features if sinusoidal else check_width)("features", features)
+        check_width("hidden", hidden)
+        check_parameters((features + 1) * hidden + (hidden + 1) * math.prod(self.size), "MLPTimeMap")
         self.features, self.domain, self.sinusoidal = features, domain, sinusoidal
         act, out = config.activation, nn.Linear(hidden, math.prod(self.size))
         self.net = nn.Sequential(*([] if sinusoidal else [make_activation(act)]), nn.Linear(features, hidden),
@@ -246,5 +275,7 @@ def _check_size(size: tuple[int, ...]) -> tuple[int, ...]:
     if not 1 <= len(size) <= 3:
         raise ValueError(f"size={size!r} is not allowed; it must be a spatial shape (L,), (H, W) or (D, H, W)")
     for v in size:
-        check_positive("size", v)
+        check_int("size", v, 1, MAX_MAP)
+    if math.prod(size) > MAX_MAP:
+        raise ValueError(f"size={tuple(size)} is not allowed; a map holds at most {MAX_MAP:,} positions (4096×4096)")
     return tuple(int(v) for v in size)

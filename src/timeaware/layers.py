@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import TimeAware
 from .embeddings import UNIT_INTERVAL, TimeDomain, as_time, init_bias_, make_activation, make_time_map
-from .validate import check_positive, choice
+from .validate import MAX_KERNEL, check_int, check_parameters, check_width, choice
 
 OFFSETS = ("linear", "embedding", "none")
 
@@ -43,6 +43,26 @@ def make_norm(config: TimeAware, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def check_conv(what: str, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+               padding: int | None) -> None:
+    """A conv's sizes: widths up to ``MAX_WIDTH``, kernel and stride 1 to ``MAX_KERNEL``, padding 0 to
+    ``MAX_KERNEL``, and weights that fit in memory."""
+    check_width("in_channels", in_channels)
+    check_width("out_channels", out_channels)
+    check_int("kernel_size", kernel_size, 1, MAX_KERNEL)
+    check_int("stride", stride, 1, MAX_KERNEL)
+    check_int("padding", padding, 0, MAX_KERNEL)
+    check_parameters(in_channels * out_channels * kernel_size**2, f"{what}({in_channels}, {out_channels}, "
+                     f"kernel_size={kernel_size})")
+
+
+def check_input(x: torch.Tensor, channels: int) -> None:
+    """x is an (N, ``channels``, H, W) tensor; O(1), no data read (these run inside ODE solvers)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != channels:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x has shape {shape}; this layer takes (N, {channels}, H, W)")
+
+
 class ConcatConv2d(nn.Module):
     """Conv2d over [t·1, x]: torchdiffeq's example ``ConcatConv2d`` / ANODE's ``Conv2dTime``.
 
@@ -54,12 +74,12 @@ class ConcatConv2d(nn.Module):
                  padding: int = 1, bias: bool = True,
                  padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros") -> None:
         super().__init__()
-        check_positive("in_channels", in_channels)
-        check_positive("out_channels", out_channels)
+        check_conv("ConcatConv2d", in_channels, out_channels, kernel_size, stride, padding)
         self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride, padding, bias=bias,
                               padding_mode=padding_mode)
 
     def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.conv.in_channels - 1)
         tt = torch.ones_like(x[:, :1]) * as_time(t, x.shape[0], x)[:, None, None, None]
         return self.conv(torch.cat([tt, x], dim=1))
 
@@ -86,10 +106,9 @@ class TimeConv2d(nn.Module):
                  stride: int = 1, padding: int | None = None, domain: TimeDomain = UNIT_INTERVAL,
                  time_map: nn.Module | None = None) -> None:
         super().__init__()
-        check_positive("in_channels", in_channels)
-        check_positive("out_channels", out_channels)
+        padding = kernel_size // 2 if padding is None and isinstance(kernel_size, int) else padding
+        check_conv("TimeConv2d", in_channels, out_channels, kernel_size, stride, padding)
         choice("offset", offset, OFFSETS)
-        padding = kernel_size // 2 if padding is None else padding
         self.conv = init_bias_(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding),
                                config.operand_bias)
         self.offset: nn.Module | None = None  # "none"
@@ -101,6 +120,7 @@ class TimeConv2d(nn.Module):
         elif offset == "embedding":
             if emb_dim is None:
                 raise ValueError("offset='embedding' needs emb_dim, the size of the timestep embedding")
+            check_width("emb_dim", emb_dim)
             self.offset = nn.Sequential(make_activation(config.activation), nn.Linear(emb_dim, out_channels))
         self.offset_kind = offset
         if self.offset is not None:
@@ -110,6 +130,7 @@ class TimeConv2d(nn.Module):
         self.time_map = time_map
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        check_input(x, self.conv.in_channels)
         y = self.conv(x)
         tb = as_time(t, x.shape[0], x)
         if self.offset is not None:  # "linear" from the raw t, "embedding" from the timestep embedding
@@ -133,6 +154,8 @@ class ScaleShift(nn.Module):
 
     def __init__(self, channels: int, emb_dim: int, config: TimeAware) -> None:
         super().__init__()
+        check_width("channels", channels)
+        check_width("emb_dim", emb_dim)
         self.proj = init_bias_(nn.Sequential(make_activation(config.activation), nn.Linear(emb_dim, 2 * channels)),
                                config.time_bias)
 

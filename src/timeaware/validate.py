@@ -27,6 +27,30 @@ def check_int(name: str, value: Any, low: int, high: int = INT64_MAX) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; it must be an integer from {low} to {high}")
 
 
+MAX_WIDTH = 1 << 16          # channels, features, hidden units: wider is a typo or an attack, not a model
+MAX_KERNEL = 64              # a conv's kernel size, stride and padding
+MAX_MAP = 4096 * 4096        # positions of one spatial map: a 4096×4096 image
+
+
+def check_width(name: str, value: Any) -> None:
+    """A width (channels, features, hidden units): an integer from 1 to ``MAX_WIDTH``."""
+    check_int(name, value, 1, MAX_WIDTH)
+
+
+def check_parameters(count: int, what: str) -> None:
+    """A one-line ValueError when ``count`` float32 parameters (with their gradients) do not fit in memory.
+
+    Only a module of 256 MiB or more is worth asking the system about; nothing is checked while building on
+    the meta device, where ``specs.build_checked`` sizes a whole model at once.
+    """
+    import torch
+
+    from .resources import check_memory
+
+    if 2 * 4 * count >= 1 << 28 and torch.get_default_device().type != "meta":
+        check_memory(2 * 4 * count, f"{what} with {count:,} parameters")
+
+
 def check_positive(name: str, value: object) -> None:
     """A positive integer (not a bool), else a one-line ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -29,7 +29,7 @@ from ..config import TimeAware
 from ..embeddings import DDPM_STEPS, TimestepMLP, as_time, make_activation, make_time_map
 from ..layers import ScaleShift, TimeConv2d, make_norm
 from ..resources import unet_size
-from ..validate import check_positive
+from ..validate import check_positive, check_width
 
 
 def ddpm_time_config() -> TimeAware:
@@ -52,7 +52,7 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "channels", "num_res_blocks"):
-            check_positive(name, getattr(self, name))
+            check_width(name, getattr(self, name))
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
         if not self.channel_mult:
@@ -62,6 +62,8 @@ class UNetConfig:
         if self.image_size % 2 ** (len(self.channel_mult) - 1):
             raise ValueError(f"image_size={self.image_size} is not allowed with {len(self.channel_mult)} "
                              f"resolutions; it must be divisible by {2 ** (len(self.channel_mult) - 1)}")
+        for r in self.attn_resolutions:  # a resolution the net does not reach has no attention; 0 is a typo
+            check_positive("attn_resolutions", r)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} is not allowed; it must be in [0, 1)")
         if isinstance(self.time, dict):

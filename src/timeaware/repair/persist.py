@@ -16,9 +16,9 @@ from torch import nn
 from ..calling import ModelCall
 from ..io import load_weights, read_json, save_tensors, write_json
 from ..specs import build_base
+from ..validate import MAX_MAP
 from .fix import POSITIONAL_FORMS, FixResult, apply_fix
 
-MAX_MAP = 4096 * 4096  # positions of one positional map: a 4096×4096 image
 FIX_FIELDS = {"positional", "zero_operand_bias", "groups", "preserve_output", "sites", "operands"}
 
 
