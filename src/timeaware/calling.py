@@ -115,6 +115,9 @@ class ModelCall:
             raise ValueError(f"mode {self.mode!r} is not allowed; choose one of {', '.join(MODES)}")
         if isinstance(self.extras, dict):
             object.__setattr__(self, "extras", tuple(self.extras.items()))
+        names = [name for name, _ in self.extras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"extra inputs {names} name one input twice; give each once")
         if self.input_shape is not None:
             shape = tuple(int(v) for v in self.input_shape)
             if not shape or any(v <= 0 for v in shape):

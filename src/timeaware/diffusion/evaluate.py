@@ -60,6 +60,12 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema",
     if reference.x.shape[1] != cfg.in_channels:
         raise ValueError(f"data {reference.name} has {reference.x.shape[1]} channels but the model generates "
                          f"{cfg.in_channels}; pass the --data it was trained on")
+    classifier = None  # loaded (or trained) before sampling: a classifier for other data is said first
+    if "fd-classifier" in settings.metrics:
+        path = settings.classifier or Path("runs/classifiers") / f"{reference.name}-{cfg.image_size}.safetensors"
+        train = load_images(settings.data, "train", cfg.image_size)
+        test = load_images(settings.data, "test", cfg.image_size)
+        classifier = path, *classifier_for(path, train, test, steps=settings.classifier_steps, progress=progress)
     fake = sample(model, settings.num, sampler=settings.sampler, steps=settings.steps, seed=settings.seed,
                   batch_size=settings.batch_size, progress=progress)
 
@@ -72,10 +78,8 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema",
     records = []
     for metric in settings.metrics:
         if metric == "fd-classifier":
-            path = settings.classifier or Path("runs/classifiers") / f"{reference.name}-{cfg.image_size}.safetensors"
-            train = load_images(settings.data, "train", cfg.image_size)
-            test = load_images(settings.data, "test", cfg.image_size)
-            net, info = classifier_for(path, train, test, steps=settings.classifier_steps, progress=progress)
+            assert classifier is not None
+            path, net, info = classifier
             say(f"FD-classifier: features of {len(reference)} reference and {settings.num} generated images", progress)
             extractor = f"classifier {path} (test accuracy {info['test_accuracy']:.3f}, d={net.num_features})"
             records.append({"metric": LABELS[metric], "value": frechet_distance(net, reference.x, fake),

@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--data {args.data}: no such file")
     experiment = get_experiment(args.experiment)
     out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
-    executor = StatusOnly() if args.status else executor_from(args)
+    executor = executor_from(args)  # checked with --status too: a bad flag is said now, not at the next run
+    if args.status:
+        executor = StatusOnly()
     try:
         table = experiment(args.preset, args.seeds, out, args.data, executor=executor)
     except KeyboardInterrupt:

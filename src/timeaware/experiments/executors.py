@@ -9,6 +9,7 @@ one (cancelled, killed, out of time), so that ``--status`` and the table say so.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -184,8 +185,8 @@ def make_executor(name: str, settings: dict[str, Any]) -> Executor:
         number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
         if not (number if kind in (int, float) else isinstance(value, kind)):
             raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be {kind.__name__}")
-        if number and value < (0 if key == "gpus" else 1):
-            raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be positive")
+        if number and not (math.isfinite(value) and value >= (0 if key == "gpus" else 1)):
+            raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be positive and finite")
     return kinds[name](**settings)
 
 

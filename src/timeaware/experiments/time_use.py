@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..io import atomic_write, atomic_write_text, write_json
-from ..validate import choice
+from ..validate import check_int, choice
 
 if TYPE_CHECKING:
     from ..node.model import NodeClassifier
@@ -115,6 +115,7 @@ def diffusion_time_use(model: nn.Module, x0: torch.Tensor, *, bins: int = 10, dr
     """
     from ..diffusion.ddpm import make_scheduler
 
+    check_int("seed", seed, 0)
     if bins < 1 or bins > num_train_timesteps:
         raise ValueError(f"bins={bins} is not allowed; it must be between 1 and {num_train_timesteps}")
     scheduler = make_scheduler("ddpm")
@@ -185,6 +186,7 @@ def time_use(run: str | Path, *, limit: int | None = None, bins: int = 10, mode:
     """Time use of a run folder: ``{"kind", "run", "rows", "table"}`` (rows as the two functions above)."""
     from ..node.model import NodeClassifier
 
+    check_int("seed", seed, 0)  # before the run is loaded
     kind, model, _, data = load_run(run, limit)
     if isinstance(model, NodeClassifier):  # kind "node"
         rows = node_time_use(model, data["x"], data["y"], mode=mode)

@@ -100,8 +100,13 @@ def resolve(args: argparse.Namespace) -> Resolved:
     elif args.model in BUILTINS:
         overrides["input_shape"] = NODE_SHAPE
     call = describe(model, **overrides)
-    if args.inputs:
-        call = call.replace(extras=(*call.extras, *(_extra(text, args.samples) for text in args.inputs)))
+    if args.inputs:  # the given inputs replace detected ones of the same name
+        given = [_extra(text, args.samples) for text in args.inputs]
+        twice = next((name for name, _ in given if [n for n, _ in given].count(name) > 1), None)
+        if twice is not None:
+            raise ValueError(f"--input {twice}=... is given more than once; give each input once")
+        names = {name for name, _ in given}
+        call = call.replace(extras=(*((n, s) for n, s in call.extras if n not in names), *given))
     if args.t_range or args.time_domain:
         call = call.replace(domain=_domain(args.t_range, args.time_domain, call.domain))
     if call.input_shape is None:
