@@ -21,7 +21,7 @@ from .metrics import (
     inception_score,
     require_inception,
 )
-from .sampling import sample
+from .sampling import prepare_sampler, sample
 from .unet import UNet
 
 
@@ -60,6 +60,8 @@ def evaluate(model: UNet, settings: EvalSettings, weights: str = "ema",
     if reference.x.shape[1] != cfg.in_channels:
         raise ValueError(f"data {reference.name} has {reference.x.shape[1]} channels but the model generates "
                          f"{cfg.in_channels}; pass the --data it was trained on")
+    prepare_sampler(model, settings.num, sampler=settings.sampler, steps=settings.steps, seed=settings.seed,
+                    batch_size=settings.batch_size)  # its arguments are checked before the classifier's work
     classifier = None  # loaded (or trained) before sampling: a classifier for other data is said first
     if "fd-classifier" in settings.metrics:
         path = settings.classifier or Path("runs/classifiers") / f"{reference.name}-{cfg.image_size}.safetensors"

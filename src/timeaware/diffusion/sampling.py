@@ -22,14 +22,10 @@ from .ddpm import Schedule, make_scheduler, to_image_range
 from .unet import UNet, UNetConfig
 
 
-@torch.no_grad()
-def sample(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
-           batch_size: int = 256, schedule: Schedule | None = None, progress: bool = False) -> torch.Tensor:
-    """``num`` images in [0, 1], shape (num, C, H, W), from ``model`` with a diffusers ``sampler``.
-
-    Checked before anything is drawn: the argument types, the model (a timeaware ``UNet`` in float32 or
-    float64) and the memory that ``num`` images take.
-    """
+def prepare_sampler(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+                    batch_size: int = 256, schedule: Schedule | None = None) -> Any:
+    """The diffusers scheduler ``sample`` runs, after checking its arguments, the model (a timeaware ``UNet`` in
+    float32 or float64) and the memory ``num`` images take; callers with work to do first call it up front."""
     check_type("model", model, UNet)
     for name, value in (("num", num), ("steps", steps), ("batch_size", batch_size)):
         check_int(name, value, 1)
@@ -48,6 +44,22 @@ def sample(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, see
     limit = scheduler.config.num_train_timesteps
     if steps > limit:
         raise ValueError(f"steps={steps} is not allowed; the schedule has {limit} timesteps")
+    return scheduler
+
+
+@torch.no_grad()
+def sample(model: UNet, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+           batch_size: int = 256, schedule: Schedule | None = None, progress: bool = False) -> torch.Tensor:
+    """``num`` images in [0, 1], shape (num, C, H, W), from ``model`` with a diffusers ``sampler``.
+
+    Checked before anything is drawn: the argument types, the model (a timeaware ``UNet`` in float32 or
+    float64) and the memory that ``num`` images take.
+    """
+    scheduler = prepare_sampler(model, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                                schedule=schedule)
+    cfg: UNetConfig = model.config
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
