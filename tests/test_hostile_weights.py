@@ -155,3 +155,17 @@ def test_nan_weights_in_a_fixed_model_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"model\.safetensors: tensor '{key}' holds NaN/inf .* does not match "
                                          r".*fix\.json"):
         load_fixed(folder, trust_code=True)
+
+
+def test_a_checkpoint_of_another_noise_schedule_is_refused_by_the_sampler(tmp_path: Path) -> None:
+    from timeaware.cli import main
+    from timeaware.diffusion import load_unet
+
+    run = tmp_path / "run"
+    assert main(["train", "ddpm", "--set", "channels=8", "--set", "groups=4", "--set", "data_limit=8",
+                 "--batch-size", "8", "--steps", "1", "--out", str(run)]) == 0
+    load_unet(run)  # as trained: the DDPM schedule
+    folder = next((run / "checkpoints").glob("step-*"))
+    _edit_state(folder, lambda m: m["state"]["schedule"].__setitem__("beta_end", 0.5))
+    with pytest.raises(ValueError, match=r"state\.json: field state\.schedule: .*'beta_end': 0\.5.* is not the DDPM"):
+        load_unet(run)

@@ -95,6 +95,10 @@ def load_unet(checkpoint: str | Path, raw: bool = False,
     meta = read_checkpoint_state(path)
     if "unet" not in meta.get("state", {}):
         raise ValueError(f"{path}: not a DDPM checkpoint (its state.json has no 'unet' config)")
+    recorded = meta["state"].get("schedule", Schedule().to_dict())
+    if recorded != Schedule().to_dict():  # the one schedule training uses and sample() draws with
+        raise ValueError(f"{path / 'state.json'}: field state.schedule: {recorded} is not the DDPM schedule "
+                         f"{Schedule().to_dict()} that timeaware trains and samples with")
     cfg = UNetConfig.from_dict(meta["state"]["unet"])
     params = cfg.size()[0]
     check_memory(2 * params * FLOAT, f"{path}: a U-Net of about {params:,} parameters (and its EMA)")
