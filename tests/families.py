@@ -1224,6 +1224,25 @@ DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {
                            "resnet_time_scale_shift": "scale_shift",
                            "down_block_types": ["DownBlock2D", "DownBlock2D"],
                            "up_block_types": ["UpBlock2D", "UpBlock2D"]},
+    # SDXL's U-Net: forward(sample, timestep, encoder_hidden_states, added_cond_kwargs={"text_embeds": (B, 8),
+    # "time_ids": (B, 6)}): the pooled text and six sizes embedded and added to the time embedding
+    "unet2d_sdxl": {"_class_name": "UNet2DConditionModel", "sample_size": 8, "in_channels": 4, "out_channels": 4,
+                    "block_out_channels": [8, 16], "layers_per_block": 1,
+                    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 8,
+                    "attention_head_dim": 4, "norm_num_groups": 4, "addition_embed_type": "text_time",
+                    "addition_time_embed_dim": 4, "projection_class_embeddings_input_dim": 32},
+    # SD3's MMDiT: forward(hidden_states, encoder_hidden_states (B, S, 16), pooled_projections (B, 8), timestep):
+    # adaLN-Zero on the image and the text stream
+    "sd3": {"_class_name": "SD3Transformer2DModel", "sample_size": 8, "patch_size": 2, "in_channels": 4,
+            "out_channels": 4, "num_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2,
+            "joint_attention_dim": 16, "caption_projection_dim": 16, "pooled_projection_dim": 8,
+            "pos_embed_max_size": 16},
+    # PixArt-α: forward(hidden_states, encoder_hidden_states (B, S, caption_channels=12), timestep): adaLN-single
+    "pixart": {"_class_name": "PixArtTransformer2DModel", "sample_size": 8, "patch_size": 2, "in_channels": 4,
+               "out_channels": 4, "num_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2,
+               "cross_attention_dim": 16, "caption_channels": 12, "norm_type": "ada_norm_single",
+               "use_additional_conditions": False},
     # forward(sample, timestep): DDPM's U-Net; time added to the features before norm2
     "unet2d": {"_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 3, "out_channels": 3,
                "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
@@ -1321,6 +1340,11 @@ class FamilyInfo:
         """Call ``model`` the way its library does; returns the output tensor."""
         extra = extra or {}
         label = t.log() / 4 if self.noise_label == "log_sigma/4" else t
+        groups: dict[str, dict[str, torch.Tensor]] = {}  # "added_cond_kwargs.time_ids" goes in a dict keyword
+        for name in [n for n in extra if "." in n]:
+            group, key = name.split(".", 1)
+            groups.setdefault(group, {})[key] = extra[name]
+        extra = {**{n: v for n, v in extra.items() if "." not in n}, **groups}
         if self.call == "positional":
             args = (label, x) if self.time_arg == 0 else (x, label)
             out = model(*args, **extra)
@@ -1416,6 +1440,18 @@ FAMILIES: dict[str, FamilyInfo] = {
     "diffusers_transformer2d_ada_norm": _diffusers_family(
         "transformer2d_ada_norm", time_shape="scalar", domain="steps", time_range=(0, 99), input_shape=(8, 4, 4),
         injection="adaln", needs_fix=False),
+    "diffusers_unet2d_sdxl": _diffusers_family(
+        "unet2d_sdxl", time_shape="batch", domain="steps", time_range=(0, 999), input_shape=(4, 8, 8),
+        injection="add-before-norm", needs_fix=True,
+        extra={"encoder_hidden_states": Extra(shape=(4, 8)), "added_cond_kwargs.text_embeds": Extra(shape=(8,)),
+               "added_cond_kwargs.time_ids": Extra(shape=(6,))}),
+    "diffusers_sd3": _diffusers_family("sd3", time_shape="batch", domain="steps", time_range=(0, 999),
+                                       input_shape=(4, 8, 8), injection="adaln-zero", needs_fix=False,
+                                       extra={"encoder_hidden_states": Extra(shape=(4, 16)),
+                                              "pooled_projections": Extra(shape=(8,))}),
+    "diffusers_pixart": _diffusers_family("pixart", time_shape="batch", domain="steps", time_range=(0, 999),
+                                          input_shape=(4, 8, 8), injection="adaln", needs_fix=False,
+                                          extra={"encoder_hidden_states": Extra(shape=(4, 12))}),
     "diffusers_unet1d": _diffusers_family("unet1d", time_shape="batch", domain="steps", time_range=(0, 999),
                                           input_shape=(4, 16), injection="add-before-norm", needs_fix=True),
     "diffusers_unet1d_dance": _diffusers_family("unet1d_dance", time_shape="batch", domain="continuous",

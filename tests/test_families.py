@@ -52,7 +52,7 @@ def test_each_family_runs_with_its_call_convention_and_t_reaches_the_output_as_r
     if info.call == "positional":  # t's place in forward is where the registry says
         assert params[int(info.time_arg)] in ("t", "timesteps", "time", "noise_labels")
     if info.call == "keyword":
-        assert {str(info.time_arg), *info.extra} <= set(params)
+        assert {str(info.time_arg), *(name.split(".")[0] for name in info.extra)} <= set(params)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, i in FAMILIES.items() if i.zero_init))

@@ -554,3 +554,27 @@ def test_labels_come_from_a_class_table_and_a_context_from_a_cross_attention() -
     assert dit.time_arg == "t" and dit.inputs["y"].kind == "labels" and dit.inputs["y"].high == 8
     ldm = describe(make_ldm_unet(context_dim=12))
     assert ldm.time_arg == "timesteps" and ldm.inputs["context"].shape == (8, 12) and "y" not in ldm.inputs
+
+
+def test_modern_conditional_diffusers_models_get_their_conditioning_from_their_config() -> None:
+    """SDXL's added_cond_kwargs (a dict keyword, given as group.key inputs), SD3's pooled projections, PixArt's
+    caption width (not its cross-attention width): each is called without overrides."""
+    from families import make_diffusers
+
+    sdxl = describe(make_diffusers("unet2d_sdxl"))
+    assert {n: i.shape for n, i in sdxl.extras} == {"encoder_hidden_states": (8, 8), "added_cond_kwargs.text_embeds":
+                                                    (8,), "added_cond_kwargs.time_ids": (6,)}
+    assert {n: i.shape for n, i in describe(make_diffusers("sd3")).extras} == {
+        "encoder_hidden_states": (8, 16), "pooled_projections": (8,)}
+    assert describe(make_diffusers("pixart")).inputs["encoder_hidden_states"].shape == (8, 12)
+    seen: dict[str, object] = {}
+
+    class Spy(nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+            seen.update(added_cond_kwargs)
+            return x
+
+    call = ModelCall(extras=(("added_cond_kwargs.time_ids", Input(shape=(6,))),), input_shape=(3,))
+    x, extras = call.example(2)
+    call.invoke(Spy(), x, torch.zeros(2), extras)
+    assert list(seen) == ["time_ids"] and seen["time_ids"] is extras["added_cond_kwargs.time_ids"]

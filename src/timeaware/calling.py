@@ -157,8 +157,10 @@ class ModelCall:
 
     def invoke(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
                extras: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """``model`` called on x with t of shape (B,) as this description says; returns the output tensor."""
-        extras = dict(extras or {})
+        """``model`` called on x with t of shape (B,) as this description says; returns the output tensor.
+
+        An extra named ``group.key`` goes in as ``group={"key": ...}`` (diffusers' ``added_cond_kwargs``)."""
+        extras = nest(extras or {})
         tt: torch.Tensor = t[0] if self.scalar_time else t
         if self.scalar_time and t.numel() > 1 and not bool((t == t[0]).all()):
             raise ValueError("this model takes one scalar t per call; a batch with several t cannot be passed at once")
@@ -238,6 +240,18 @@ class ModelCall:
             if value is not None and (type(value) is not kind):
                 raise ValueError(f"model call {key}={value!r} is not allowed; expected {kind.__name__}")
         return cls(**data)
+
+
+def nest(extras: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Keyword inputs with ``group.key`` names gathered into one dict per group: {"a.b": v} → {"a": {"b": v}}."""
+    nested: dict[str, Any] = {}
+    for name, value in extras.items():
+        group, dot, key = name.partition(".")
+        if dot:
+            nested.setdefault(group, {})[key] = value
+        else:
+            nested[name] = value
+    return nested
 
 
 def _input_fields(value: Any) -> dict[str, Any]:

@@ -218,10 +218,24 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
     extras: dict[str, Input] = {}
     if "added_time_ids" in names and kind == "UNetSpatioTemporalConditionModel":
         extras["added_time_ids"] = Input(shape=(3,))  # SVD's fps, motion bucket and noise augmentation
-    if "encoder_hidden_states" in names and get("cross_attention_dim") is not None:
-        dim = get("cross_attention_dim")
-        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
-        extras["encoder_hidden_states"] = Input(shape=(8, int(get("encoder_hid_dim") or dim)))
+    # the text embedding's width: what the model projects from (PixArt's caption_channels, SD3's
+    # joint_attention_dim, a U-Net's encoder_hid_dim) or else what its cross-attention reads
+    width = next((w for k in ("caption_channels", "encoder_hid_dim", "joint_attention_dim", "cross_attention_dim")
+                  if (w := get(k)) is not None), None)
+    width = width[0] if isinstance(width, (list, tuple)) else width
+    if "encoder_hidden_states" in names and isinstance(width, int):
+        extras["encoder_hidden_states"] = Input(shape=(8, width))
+    if "pooled_projections" in names and isinstance(get("pooled_projection_dim"), int):  # SD3, Flux
+        extras["pooled_projections"] = Input(shape=(get("pooled_projection_dim"),))
+    if "added_cond_kwargs" in names and get("addition_embed_type") == "text_time":  # SDXL: pooled text + 6 sizes
+        time_ids = 6 * int(get("addition_time_embed_dim") or 0)
+        text = int(get("projection_class_embeddings_input_dim") or 0) - time_ids
+        if text > 0 and time_ids > 0:
+            extras["added_cond_kwargs.text_embeds"] = Input(shape=(text,))
+            extras["added_cond_kwargs.time_ids"] = Input(shape=(6,))
+    if "added_cond_kwargs" in names and getattr(model, "use_additional_conditions", False) is True:  # PixArt-α
+        extras["added_cond_kwargs.resolution"] = Input(shape=(2,))
+        extras["added_cond_kwargs.aspect_ratio"] = Input(shape=(1,))
     classes = get("num_class_embeds") or get("num_embeds_ada_norm")
     ada_steps = get("norm_type") == "ada_norm" and get("num_embeds_ada_norm")
     if "class_labels" in names and classes and not ada_steps:
