@@ -552,6 +552,10 @@ def test_labels_come_from_a_class_table_and_a_context_from_a_cross_attention() -
 
     dit = describe(make_dit(num_classes=7))
     assert dit.time_arg == "t" and dit.inputs["y"].kind == "labels" and dit.inputs["y"].high == 8
+    edm = OffsetNet()  # EDM's EDMPrecond(x, sigma, class_labels) keeps label_dim: one-hot rows, not integers
+    edm.label_dim = 5
+    edm.forward = lambda x, sigma, class_labels=None: x  # type: ignore[method-assign]
+    assert describe(edm).inputs["class_labels"].shape == (5,) and describe(edm).domain.kind == "sigma"
     ldm = describe(make_ldm_unet(context_dim=12))
     assert ldm.time_arg == "timesteps" and ldm.inputs["context"].shape == (8, 12) and "y" not in ldm.inputs
 

@@ -121,8 +121,11 @@ def _extras(model: nn.Module, names: list[str]) -> tuple[tuple[str, Input], ...]
     extras: list[tuple[str, Input]] = []
     label = next((n for n in names if n in LABEL_NAMES), None)
     classes = _count(getattr(model, "num_classes", None)) or _label_table(model)
+    vector = _count(getattr(model, "label_dim", None))  # EDM's and EDM2's Precond: one-hot rows of label_dim
     if label is not None and classes:
         extras.append((label, Input(kind="labels", high=classes)))
+    elif label is not None and vector:
+        extras.append((label, Input(shape=(vector,))))
     context = next((n for n in names if n in CONTEXT_NAMES), None)
     width = _count(getattr(model, "context_dim", None)) or _count(getattr(model, "cross_attention_dim", None))
     if context is not None and (width := width or _context_width(model)):
