@@ -83,3 +83,22 @@ def test_an_input_given_replaces_the_detected_one_of_that_name() -> None:
     found = resolve(args)
     assert [name for name, _ in found.call.extras] == ["context"]  # detected as (8, 16), given as (5, 16)
     assert found.call.inputs["context"].shape == (5, 16) and found.extras["context"].shape == (2, 5, 16)
+
+
+def test_hostile_sweep_files_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    from timeaware.experiments.store import ResultStore, slug
+    from timeaware.experiments.sweep import status
+
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "sweep.json").write_text(json.dumps({"cells": 5}))
+    with pytest.raises(ValueError, match=r"sweep\.json: field cells: 5 is not of type 'array'"):
+        status(tmp_path)
+    (tmp_path / "sweep.json").write_text(json.dumps({"cells": ["a", "b", "c"]}))
+    (tmp_path / "cells" / f"{slug('a')}.json").write_text("[]")
+    (tmp_path / "cells" / f"{slug('b')}.json").write_text(json.dumps({"key": "b", "test_acc": "high"}))
+    (tmp_path / "cells" / f"{slug('c')}.running").write_text(json.dumps({"host": "h", "pid": 10**30}))
+    with pytest.raises(ValueError, match=r"\.json: field \(top level\): \[\] is not of type 'object'"):
+        ResultStore(tmp_path).get("a")
+    with pytest.raises(ValueError, match=r"\.json: field test_acc: 'high' is not of type"):
+        ResultStore(tmp_path).get("b")
+    assert ResultStore(tmp_path).state("c").state == "pending"  # a marker that is not one is no running cell

@@ -88,6 +88,27 @@ CLASSIFIER_INFO = {
         "test_accuracy": {"type": "number", "minimum": 0, "maximum": 1},
     },
 }
+_MAYBE_NUMBER = {"type": ["number", "null"]}
+SWEEP_FILE = {"type": "object", "required": ["cells"],
+              "properties": {"cells": {"type": "array", "items": {"type": "string"}}}}
+CELL_RECORD = {  # a sweep cell's result: the fields the tables and plots read
+    "type": "object",
+    "required": ["key"],
+    "properties": {
+        "key": {"type": "string"}, "error": {"type": "string"}, "preset": {"type": "string"},
+        "data": {"type": "string"}, "setting": {"type": "string"}, "seed": _NONNEG,
+        "config": {"type": "object", "properties": {"channels": _POS, "model": {
+            "type": "object", "properties": {"groups": _POS}}}},
+        **{name: _MAYBE_NUMBER for name in ("test_acc", "loss", "fd_classifier", "fid", "is",
+                                             "interior_survival_mean", "train_s", "eval_s")},
+        "scores": {"type": "array", "items": {"type": "object", "required": ["metric", "value", "protocol"],
+                                              "properties": {"metric": {"type": "string"}, "value": _MAYBE_NUMBER,
+                                                             "protocol": {"type": "object"}}}},
+    },
+}
+RUNNING_MARK = {"type": "object", "properties": {"where": {"type": "string"}, "host": {"type": "string"},
+                                                 "pid": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                                                 "since": {"type": "string"}}}
 _INT_OR_INTS = {"anyOf": [_SIZE, {"type": "array", "items": _SIZE, "minItems": 1}]}
 _OPTIONAL_INT_OR_INTS = {"anyOf": [{"type": "null"}, _INT_OR_INTS]}
 DIFFUSERS_CONFIG = {

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text, dumps, read_json, write_json
+from ..io import atomic_write_text, dumps, write_json
+from ..metadata import CELL_RECORD, RUNNING_MARK, read_checked
 
 HEARTBEAT_S = 30.0  # a running cell touches its marker this often; three missed beats mean it was killed
 
@@ -60,7 +61,7 @@ class ResultStore:
         path = self._path(key)
         if not path.is_file():
             return None
-        record = read_json(path)
+        record = read_checked(path, CELL_RECORD)
         if record.get("key") != key:
             raise ValueError(f"{path}: holds run {record.get('key')!r}, not {key!r} (two keys share a file name)")
         return dict(record)
@@ -87,7 +88,7 @@ class ResultStore:
     def records(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The records of ``keys`` that exist, in that order (all cells' records when None)."""
         if keys is None:
-            return [dict(read_json(p)) for p in sorted(self.cells.glob("*.json"))]
+            return [dict(read_checked(p, CELL_RECORD)) for p in sorted(self.cells.glob("*.json"))]
         return [r for r in (self.get(k) for k in keys) if r is not None]
 
     def merge(self, keys: Sequence[str]) -> Path:
@@ -104,7 +105,7 @@ class ResultStore:
             return CellState(key, "done")
         marker = self._path(key, ".running")
         try:
-            info, age = read_json(marker), time.time() - marker.stat().st_mtime
+            info, age = read_checked(marker, RUNNING_MARK), time.time() - marker.stat().st_mtime
         except (FileNotFoundError, ValueError):
             return CellState(key, "pending")
         if age < 3 * HEARTBEAT_S and _alive(info):

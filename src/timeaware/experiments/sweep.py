@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..io import read_json, write_json
+from ..io import write_json
+from ..metadata import SWEEP_FILE, read_checked
 from ..progress import say
 from .store import CellState, ResultStore
 
@@ -116,7 +117,7 @@ def status(folder: str | Path) -> list[CellState]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no sweep.json (not a sweep folder, or nothing submitted yet)")
     store = ResultStore(folder)
-    return [store.state(key) for key in read_json(path)["cells"]]
+    return [store.state(key) for key in read_checked(path, SWEEP_FILE)["cells"]]
 
 
 def format_status(states: Sequence[CellState]) -> str:
