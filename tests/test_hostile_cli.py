@@ -4,6 +4,7 @@ run, sampling, submitting cells), and an extra input is named once."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,19 @@ def test_hostile_sweep_files_are_one_line_naming_the_file(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"\.json: field test_acc: 'high' is not of type"):
         ResultStore(tmp_path).get("b")
     assert ResultStore(tmp_path).state("c").state == "pending"  # a marker that is not one is no running cell
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[" * 5000 + "]" * 5000, r"--executor-config .*config\.json: JSON nested deeper than 64 levels"),
+    (b"\xff\xfe{}", r"--executor-config .*config\.json: not valid JSON"),
+    (json.dumps({"sbatch": {"qos": {"nested": 1}}}), r"executor setting sbatch=.* must map sbatch options to strings"),
+])
+def test_a_hostile_executor_config_is_one_line(content: str | bytes, message: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_bytes(content if isinstance(content, bytes) else content.encode())
+    err = _refused(["reproduce", "node-norm", "--executor", "slurm", "--executor-config", str(config), "--status"],
+                   capsys)
+    assert re.search(message, err), err

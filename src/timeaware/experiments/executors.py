@@ -8,7 +8,6 @@ one (cancelled, killed, out of time), so that ``--status`` and the table say so.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 from submitit.helpers import Checkpointable
 
+from ..io import read_json
 from .store import ResultStore
 from .sweep import Cell, Executor, failure, run_cell
 
@@ -187,6 +187,10 @@ def make_executor(name: str, settings: dict[str, Any]) -> Executor:
             raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be {kind.__name__}")
         if number and not (math.isfinite(value) and value >= (0 if key == "gpus" else 1)):
             raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be positive and finite")
+        if key == "sbatch" and not all(isinstance(k, str) and isinstance(v, str | int | float) and
+                                       not isinstance(v, bool) for k, v in value.items()):
+            raise ValueError(f"executor setting sbatch={str(value)[:60]} is not allowed; it must map sbatch options to "
+                             "strings or numbers, e.g. {\"qos\": \"high\"}")
     return kinds[name](**settings)
 
 
@@ -196,9 +200,9 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"--executor-config {path}: no such file")
     try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--executor-config {path}: not valid JSON ({err})") from None
+        settings = read_json(path)  # size, depth and encoding checked there
+    except ValueError as err:
+        raise ValueError(f"--executor-config {err}") from None
     if not isinstance(settings, dict):
         raise ValueError(f"--executor-config {path}: must hold a JSON object of settings")
     return settings
