@@ -134,8 +134,9 @@ def test_hooks_removed_and_state_restored_on_error() -> None:
             raise RuntimeError("boom")
 
     model = Boom().eval()
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(ValueError, match=r"calling the model on inputs of shape .* failed: RuntimeError: boom") as err:
         audit(model, _x().float(), T, mode="train")
+    assert isinstance(err.value.__cause__, RuntimeError)  # the model's own error stays chained for debugging
     assert not model.training and not model.norm._forward_hooks
     assert torch.equal(model.norm.running_mean, torch.zeros(C))
 
@@ -394,7 +395,7 @@ def test_verdict_thresholds() -> None:
     ({"call": "yx"}, "call='yx' is not allowed"),
     ({"batching": "random"}, "batching='random'"),
     ({"mode": "test"}, "mode='test'"),
-    ({"timesteps": []}, "K >= 2"),
+    ({"timesteps": []}, "2 <= K <= 10,000"),
     ({"timesteps": [0.0, float("nan")]}, "non-finite"),
     ({"x": [[1.0, 2.0]]}, "x is a list"),
     ({"x": torch.ones(2, 1, dtype=torch.long)}, "x has dtype torch.int64"),

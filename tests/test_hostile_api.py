@@ -81,7 +81,7 @@ CALL = ModelCall(input_shape=(3, 8, 8))
     ({"example": torch.randn(1, 3, 8, 8)}, ValueError, r"example has shape \(1, 3, 8, 8\); allowed: .* N >= 2"),
     ({"example": [[1.0]]}, TypeError, r"example must be Tensor, not list"),
     ({"timesteps": [0.0, 1.0]}, TypeError, r"timesteps must be Tensor, not list"),
-    ({"timesteps": torch.tensor(0.5)}, ValueError, r"timesteps has shape \(\) with 1 distinct"),
+    ({"timesteps": torch.tensor(0.5)}, ValueError, r"timesteps has shape \(\); allowed: K values, 2 <= K"),
     ({"samples": 10**12}, ValueError, r"samples=1000000000000 is not allowed; it must be an integer from 2 to 4096"),
     ({"seed": "0"}, ValueError, r"seed='0' is not allowed"),
     ({"zero_operand_bias": "no"}, TypeError, r"zero_operand_bias must be bool, not str"),

@@ -190,7 +190,12 @@ def _run(model: nn.Module, x: torch.Tensor, spec: dict[str, Any], batching: str,
             rng = _rng_state(device)
         capture.start(k_idx, n_idx, device)
         xb, tb, eb = inputs(i)
-        out = _call(fn, model, xb, tb, eb)
+        try:
+            out = _call(fn, model, xb, tb, eb)
+        except (RuntimeError, IndexError) as err:  # the model's own error, chained: one line first, then its cause
+            line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"calling the model on inputs of shape {tuple(xb.shape)} at t = {tb[:2].tolist()} "
+                             f"failed: {type(err).__name__}: {line}") from err
         if out.ndim == 0 or out.shape[0] != xb.shape[0]:
             raise ValueError(f"the model returned a tensor of shape {tuple(out.shape)} for {xb.shape[0]} inputs; the "
                              "audit needs one output row per input (give the network that maps x, not a solver)")
@@ -285,6 +290,37 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
+MAX_TIMESTEPS = 10_000  # each timestep is a forward pass over all N inputs
+
+
+def as_timesteps(timesteps: Any, dtype: torch.dtype) -> torch.Tensor:
+    """K >= 2 different, finite timesteps as a 1-D CPU tensor: floating ones in ``dtype`` (the model's), integer
+    steps as int64; else a one-line ValueError (the audit's and ``fix``'s one check)."""
+    try:
+        t = torch.as_tensor(timesteps).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"timesteps={str(timesteps)[:60]} is not allowed; give a sequence or tensor of numbers") \
+            from None
+    if t.ndim != 1 or not 2 <= t.numel() <= MAX_TIMESTEPS:
+        raise ValueError(f"timesteps has shape {tuple(t.shape)}; allowed: K values, 2 <= K <= {MAX_TIMESTEPS:,} (the "
+                         "audit compares timesteps; each one is a forward pass over the inputs)")
+    if t.is_floating_point():
+        bad = t[~torch.isfinite(t)]
+        if bad.numel():
+            raise ValueError(f"timesteps contain non-finite values {bad.tolist()[:4]}; timesteps must be finite")
+        t = t.to(dtype)
+        if t.unique().numel() < 2:
+            raise ValueError(f"timesteps hold one distinct value ({t[0].item()}) in {t.dtype}; allowed: K >= 2 "
+                             "different timesteps (widen the range, e.g. --t-range)")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"timesteps have dtype {t.dtype}; allowed: floating or integer numbers")
+    else:
+        t = t.long()
+        if t.unique().numel() < 2:
+            raise ValueError(f"timesteps hold one distinct value ({t[0].item()}); allowed: K >= 2 different timesteps")
+    return t
+
+
 def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, batching: Any, mode: Any,
            derivative: bool | None, chunk_size: Any, only_layers: Any = False) -> dict[str, Any]:
     """Validate the arguments; one-line ValueErrors naming the bad value and what is allowed."""
@@ -318,26 +354,7 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, bat
     choice("mode", mode, MODES)
     if chunk_size is not None:
         check_positive("chunk_size", chunk_size)
-    try:
-        t = torch.as_tensor(timesteps).detach().cpu().reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"timesteps={timesteps!r} is not allowed; give a sequence or tensor of numbers") from None
-    if t.numel() < 2:
-        raise ValueError(f"timesteps has {t.numel()} values; allowed: K >= 2 (the audit compares timesteps)")
-    if t.is_floating_point():
-        bad = t[~torch.isfinite(t)]
-        if bad.numel():
-            raise ValueError(f"timesteps contain non-finite values {bad.tolist()[:4]}; timesteps must be finite")
-        t = t.to(_dtype(model, x))
-        if t.unique().numel() < 2:
-            raise ValueError(f"timesteps hold one distinct value ({t[0].item()}) in {t.dtype}; allowed: K >= 2 "
-                             "different timesteps (widen the range, e.g. --t-range)")
-    elif t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"timesteps have dtype {t.dtype}; allowed: floating or integer numbers")
-    else:
-        t = t.long()
-        if t.unique().numel() < 2:
-            raise ValueError(f"timesteps hold one distinct value ({t[0].item()}); allowed: K >= 2 different timesteps")
+    t = as_timesteps(timesteps, _dtype(model, x))
     for name, flag in (("only_layers", only_layers), ("derivative", derivative)):
         if flag is not None:
             check_type(name, flag, bool)

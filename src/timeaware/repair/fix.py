@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..awareness import AuditReport, LayerAudit, audit
+from ..awareness.audit import as_timesteps
 from ..awareness.norms import groups_of
 from ..awareness.trace import TimeTrace, trace_time
 from ..calling import ModelCall, model_dtype, unwrapped
@@ -114,9 +115,7 @@ def fix(model: nn.Module, example: torch.Tensor | None = None, *, positional: bo
                              "(the tracer compares two)")
     if timesteps is not None:
         check_type("timesteps", timesteps, torch.Tensor)
-        if timesteps.ndim != 1 or timesteps.unique().numel() < 2:
-            raise ValueError(f"timesteps has shape {tuple(timesteps.shape)} with {timesteps.unique().numel()} distinct "
-                             "value(s); allowed: a 1-D tensor of K >= 2 different timesteps")
+        as_timesteps(timesteps, model_dtype(model))
     if not (form or zero_operand_bias or groups):
         raise ValueError("nothing to fix: ask for positional, zero_operand_bias and/or groups")
     call = call or describe(model)
