@@ -362,8 +362,9 @@ DIFFUSERS = {"_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 3, "
 def test_a_diffusers_config_with_wrong_types_or_sizes_is_refused_fast(field, value, huge, size):
     config = dict(DIFFUSERS)
     if size == "none":  # a wrong type: anything of another JSON type than the field's
-        same_kind = ((isinstance(value, type(DIFFUSERS[field])) or (field == "sample_size" and isinstance(value, list)))
-                     and not isinstance(value, bool))  # sample_size may also be [H, W]
+        same_kind = ((isinstance(value, type(DIFFUSERS[field]))
+                      or (field in ("sample_size", "layers_per_block") and isinstance(value, list)))
+                     and not isinstance(value, bool))  # sample_size may also be [H, W], layers_per_block one per level
         config[field] = {"not": "this"} if same_kind or value is None else value
     else:  # a size no machine holds
         config[size] = [huge] if size == "block_out_channels" else huge
