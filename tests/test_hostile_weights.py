@@ -55,6 +55,24 @@ def test_a_weights_file_the_model_cannot_hold_is_refused_before_loading(
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded
 
 
+def test_complex_nan_and_a_module_that_refuses_its_weights_are_one_line(tmp_path: Path) -> None:
+    class Refusing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.z = nn.Parameter(torch.ones(2, dtype=torch.complex64))
+
+        def _load_from_state_dict(self, state: Any, prefix: str, *args: Any) -> None:
+            args[-1].append("a hook refused\nover two lines")  # error_msgs: load_state_dict raises RuntimeError
+
+    save_tensors(tmp_path / "z.safetensors", {"z": torch.full((2,), complex("nan+1j"), dtype=torch.complex64)})
+    with pytest.raises(ValueError, match=r"z\.safetensors: tensor 'z' holds NaN/inf"):
+        load_weights(Refusing(), tmp_path / "z.safetensors")
+    save_tensors(tmp_path / "z.safetensors", {"z": torch.zeros(2, dtype=torch.complex64)})
+    with pytest.raises(ValueError, match=r"z\.safetensors: does not match the model \(.*a hook refused over") as err:
+        load_weights(Refusing(), tmp_path / "z.safetensors")
+    _one_line(err)
+
+
 def test_half_precision_weights_still_load_into_a_float32_model(tmp_path: Path) -> None:
     state = {k: v.half() if v.is_floating_point() else v for k, v in _net().state_dict().items()}
     save_tensors(tmp_path / "w.safetensors", state)
@@ -63,10 +81,14 @@ def test_half_precision_weights_still_load_into_a_float32_model(tmp_path: Path) 
     assert model[0].weight.dtype == torch.float32 and torch.equal(model[0].weight, state["0.weight"].float())
 
 
-def _checkpoint(tmp_path: Path) -> tuple[Path, nn.Module, torch.optim.Optimizer, Any]:
+def _fresh() -> tuple[nn.Module, torch.optim.Optimizer, Any]:
     model = _net()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def _checkpoint(tmp_path: Path) -> tuple[Path, nn.Module, torch.optim.Optimizer, Any]:
+    model, opt, sched = _fresh()
     model(torch.randn(2, 2, 5, 5)).sum().backward()
     opt.step()
     sched.step()
@@ -118,6 +140,61 @@ def test_an_rng_state_of_the_wrong_kind_names_the_rng_file(tmp_path: Path) -> No
     assert torch.equal(state, torch.get_rng_state())
 
 
+@pytest.mark.parametrize(("edit", "message"), [  # each passed load_state_dict and broke at the next step
+    (lambda m: m["optimizer"]["param_groups"][0].__setitem__("lr", 10**30),
+     r"param_groups\.0\.lr is 1000000000000000000000000000000, expected a finite number"),
+    (lambda m: m["optimizer"]["param_groups"][0].__setitem__("eps", float("nan")), r"param_groups\.0\.eps is nan"),
+    (lambda m: m["optimizer"]["param_groups"][0].__setitem__("lr", None), r"param_groups\.0\.lr is None, expected"),
+    (lambda m: m["optimizer"]["param_groups"][0].__setitem__("betas", [1, 2]), r"optimizer: Invalid beta parameter"),
+    (lambda m: m["optimizer"]["param_groups"][0].__setitem__("amsgrad", True),
+     r"param_groups\.0\.amsgrad is True, the live object's is False"),
+    (lambda m: m["optimizer"]["param_groups"][0]["params"].__setitem__(0, 99), r"param_groups hold parameters"),
+    (lambda m: m["optimizer"]["plain"].__setitem__("0.step", 10**400), r"state '0\.step' is 1000000000000000000000"),
+    (lambda m: m["optimizer"]["plain"].__setitem__("0.exp_avg", "x"), r"state '0\.exp_avg' is 'x', expected"),
+    (lambda m: m["scheduler"].__setitem__("last_epoch", None), r"scheduler\.last_epoch is None"),
+])
+def test_optimizer_and_scheduler_fields_are_checked_against_the_live_objects(
+        tmp_path: Path, edit: Callable[[dict[str, Any]], Any], message: str) -> None:
+    folder, model, opt, sched = _checkpoint(tmp_path)
+    _edit_state(folder, edit)
+    with pytest.raises(ValueError, match=r"state\.json: corrupted checkpoint metadata \(.*" + message) as err:
+        load_checkpoint(folder, modules={"model": model}, optimizer=opt, scheduler=sched)
+    _one_line(err)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t: t.update({"0.exp_avg": torch.zeros(7)}), r"state '0\.exp_avg' is torch\.float32 of shape \(7,\), "
+                                                        r"expected a scalar or floats of \(4, 2, 3, 3\)"),
+    (lambda t: t.update({"1.exp_avg": t["1.exp_avg"].long()}), r"state '1\.exp_avg' is torch\.int64"),
+    (lambda t: t.update({"0.exp_avg_sq": t["0.exp_avg_sq"] * float("inf")}), r"state '0\.exp_avg_sq' holds NaN/inf"),
+    (lambda t: t.update({"99.exp_avg": torch.zeros(1)}), r"state '99\.exp_avg' is not '<index>\.<name>' of one of "
+                                                         r"the 4 parameters"),
+    (lambda t: t.pop("2.exp_avg"), r"parameters keep different state"),
+])
+def test_an_optimizer_state_that_does_not_fit_the_parameters_names_the_file(
+        tmp_path: Path, change: Callable[[dict[str, torch.Tensor]], Any], message: str) -> None:
+    folder = _checkpoint(tmp_path)[0]
+    model, opt, sched = _fresh()
+    tensors = load_tensors(folder / "optimizer.safetensors")
+    change(tensors)
+    save_tensors(folder / "optimizer.safetensors", tensors)
+    with pytest.raises(ValueError, match=r"optimizer\.safetensors: corrupted checkpoint metadata \(optimizer: "
+                                         + message) as err:
+        load_checkpoint(folder, modules={"model": model}, optimizer=opt, scheduler=sched)
+    _one_line(err)
+    assert not opt.state  # nothing half-loaded
+
+
+def test_a_checkpoint_resumes_and_trains_on(tmp_path: Path) -> None:
+    folder, _, opt, _ = _checkpoint(tmp_path)
+    fresh, opt2, sched2 = _fresh()
+    load_checkpoint(folder, modules={"model": fresh}, optimizer=opt2, scheduler=sched2)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    fresh(torch.randn(2, 2, 5, 5)).sum().backward()
+    opt2.step()
+    sched2.step()
+
+
 def _fixed_folder(tmp_path: Path) -> Path:
     from test_model_reach import OffsetNet
 
@@ -129,8 +206,18 @@ def _fixed_folder(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda m: m["call"]["domain"].__setitem__("high", 10**30), r"field 'call': time domain high=1000000000000"),
-    (lambda m: m["call"]["domain"].__setitem__("low", "zero"), r"field 'call': time domain low='zero'"),
+    (lambda m: m["call"]["domain"].__setitem__("high", 10**30), r"field call\.domain\.high: 1000000000000"),
+    (lambda m: m["call"]["domain"].__setitem__("high", float("inf")), r"field call\.domain\.high: inf is greater"),
+    (lambda m: m["call"]["domain"].__setitem__("high", float("nan")), r"field 'call': time domain high=nan"),
+    (lambda m: m["call"]["domain"].__setitem__("low", "zero"), r"field call\.domain\.low: 'zero' is not of type"),
+    (lambda m: m["call"]["domain"].__setitem__("low", 10**6), r"field 'call': time domain \[1000000, 999\]"),
+    (lambda m: m["call"].__setitem__("embedding_dim", 10**30), r"field call\.embedding_dim: 1000000000000"),
+    (lambda m: m["call"].__setitem__("concat_dim", -10**30), r"field call\.concat_dim: -1000000000000"),
+    (lambda m: m["call"].__setitem__("input_shape", [3, 10**30]), r"field call\.input_shape\.1: 1000000000000"),
+    (lambda m: m["call"].__setitem__("extras", {"y": {"shape": [], "kind": "labels", "high": 2**64}}),
+     r"field call\.extras\.y\.high: 18446744073709551616"),
+    (lambda m: m.__setitem__("extra", 1), r"field \(top level\): Additional properties .*'extra'"),
+    (lambda m: m.pop("call"), r"field \(top level\): 'call' is a required property"),
     (lambda m: m.__setitem__("base", {"kind": "timeaware-node-func", "channels": 8, "config": {}, "time": "concat",
                                       "size": [8, 8], "t1": "soon"}), r"field 'base': "),
     (lambda m: m.__setitem__("base", {"kind": "pickle"}), r"unknown model record kind 'pickle'"),

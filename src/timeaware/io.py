@@ -171,7 +171,11 @@ def load_weights(module: nn.Module, path: str | Path, against: str = "the model"
     problem = weights_problem(tensors, module.state_dict())
     if problem:
         raise ValueError(f"{path}: {problem}; it does not match {against}")
-    module.load_state_dict(tensors)
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as err:  # a module's own loading hook refusing what the checks above let through
+        detail = " ".join(str(err).split())
+        raise ValueError(f"{path}: does not match {against} ({detail[:300]})") from None
 
 
 def weights_problem(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
@@ -187,7 +191,7 @@ def weights_problem(tensors: dict[str, torch.Tensor], expected: dict[str, torch.
             return f"tensor {key!r} has shape {tuple(got.shape)}, the model's {tuple(want.shape)}"
         if _kind(got) != _kind(want):
             return f"tensor {key!r} holds {got.dtype} values where the model holds {want.dtype} ({_kind(want)})"
-        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+        if (got.is_floating_point() or got.is_complex()) and not bool(torch.isfinite(got).all()):
             return f"tensor {key!r} holds NaN/inf values (corrupted weights, or a run that diverged)"
     return ""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .io import read_json
 from .resources import FLOAT, check_memory, unet_size
+from .validate import INT64_MAX, MAX_MAP, MAX_WIDTH
 
 _INT = {"type": "integer"}
 _POS = {"type": "integer", "minimum": 1}
@@ -105,6 +106,31 @@ CELL_RECORD = {  # a sweep cell's result: the fields the tables and plots read
                                               "properties": {"metric": {"type": "string"}, "value": _MAYBE_NUMBER,
                                                              "protocol": {"type": "object"}}}},
     },
+}
+_TIME = {"type": "number", "minimum": -(2**53), "maximum": 2**53}  # exact in float64 (NaN: TimeDomain refuses it)
+_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": MAX_MAP}, "maxItems": 8}
+MODEL_CALL = {  # calling.ModelCall.to_dict(): types and sizes here, the allowed names in ModelCall itself
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "convention": {"type": "string"}, "mode": {"type": "string"}, "scalar_time": {"type": "boolean"},
+        "time_arg": {"type": ["string", "null"], "maxLength": 200},
+        "domain": {"type": "object", "additionalProperties": False,
+                   "properties": {"kind": {"type": "string"}, "low": _TIME, "high": _TIME}},
+        "input_shape": {"anyOf": [{"type": "null"}, {**_SHAPE, "minItems": 1}]},
+        "extras": {"type": "object", "additionalProperties": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"shape": _SHAPE, "kind": {"type": "string"},
+                           "high": {"type": "integer", "minimum": 0, "maximum": INT64_MAX}}}},
+        "embedding_dim": {"anyOf": [{"type": "null"}, {**_POS, "maximum": MAX_WIDTH}]},
+        "concat_dim": {"type": "integer", "minimum": -8, "maximum": 8},
+    },
+}
+FIX_RECIPE = {  # repair's fix.json: "base" is checked by specs.build_base, "fix" by repair.persist
+    "type": "object",
+    "required": ["base", "call", "fix"],
+    "additionalProperties": False,
+    "properties": {"base": {}, "call": MODEL_CALL, "fix": {}},
 }
 RUNNING_MARK = {"type": "object", "properties": {"where": {"type": "string"}, "host": {"type": "string"},
                                                  "pid": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},

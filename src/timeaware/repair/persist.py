@@ -14,7 +14,8 @@ from typing import Any
 from torch import nn
 
 from ..calling import ModelCall
-from ..io import load_weights, read_json, save_tensors, write_json
+from ..io import load_weights, save_tensors, write_json
+from ..metadata import FIX_RECIPE, read_checked
 from ..specs import build_base
 from ..validate import MAX_MAP
 from .fix import POSITIONAL_FORMS, FixResult, apply_fix
@@ -39,9 +40,7 @@ def load_fixed(folder: str | Path, *, trust_code: bool = False) -> nn.Module:
     """
     folder = Path(folder)
     recipe = folder / "fix.json"
-    meta = read_json(recipe)
-    if not isinstance(meta, dict) or set(meta) != {"base", "call", "fix"}:
-        raise ValueError(f"{recipe}: not a timeaware fix recipe (expected the keys base, call, fix)")
+    meta = read_checked(recipe, FIX_RECIPE)  # the keys, and the call's fields typed and bounded
     call = _field(recipe, "call", lambda: ModelCall.from_dict(meta["call"]))
     options = _options(recipe, meta["fix"])
     model = _field(recipe, "base", lambda: build_base(meta["base"], trust_code=trust_code, source=str(recipe)))

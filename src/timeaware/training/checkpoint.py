@@ -12,7 +12,9 @@ switched, so a crash at any moment leaves the previous checkpoint usable.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import math
 import os
 import random
 import re
@@ -168,9 +170,11 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
     state_file = path / "state.json"
     if optimizer is not None:
         with _corrupted(state_file, "optimizer"):
-            _check_like(meta["optimizer"]["param_groups"], optimizer.state_dict()["param_groups"], "param_groups")
+            _check_param_groups(meta["optimizer"]["param_groups"], optimizer)
+            _join_optimizer({}, meta["optimizer"], optimizer)  # its plain (non-tensor) state
+        with _corrupted(path / "optimizer.safetensors", "optimizer"):
             optimizer.load_state_dict(_join_optimizer(load_tensors(path / "optimizer.safetensors"),
-                                                      meta["optimizer"]))
+                                                      meta["optimizer"], optimizer))
     if scheduler is not None and "scheduler" in meta:
         with _corrupted(state_file, "scheduler"):  # load_state_dict sets attributes: only the ones it has, alike
             _check_like(meta["scheduler"], scheduler.state_dict(), "scheduler")
@@ -196,9 +200,26 @@ def _corrupted(file: Path, part: str) -> Iterator[None]:
         raise ValueError(f"{file}: corrupted checkpoint metadata ({part}: {detail[:200]})") from None
 
 
+def _check_param_groups(groups: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Saved param_groups shaped like the optimizer's, over the same parameters, with hyperparameters its
+    constructor accepts (betas of [1, 2] would divide by zero at the next step)."""
+    live = optimizer.state_dict()["param_groups"]
+    _check_like(groups, live, "param_groups")
+    if [g["params"] for g in groups] != [g["params"] for g in live]:
+        raise ValueError(f"param_groups hold parameters {[g['params'] for g in groups]}, the optimizer's "
+                         f"{[g['params'] for g in live]}")
+    accepted = set(inspect.signature(type(optimizer)).parameters) - {"params"}
+    for group in groups:
+        type(optimizer)([torch.zeros(1, requires_grad=True)], **{k: v for k, v in group.items() if k in accepted})
+
+
 def _check_like(value: Any, like: Any, where: str) -> None:
-    """``value`` has the structure of ``like``: the same keys, list lengths and kinds of scalars (None: any)."""
-    if value is None or like is None:
+    """``value`` has the structure of ``like``: the same keys, list lengths, kinds of scalars, null where it has
+    null, the same flags (true/false decide what state is kept), and numbers finite (unless ``like``'s is not)
+    and within ±2^53."""
+    if like is None or value is None:
+        if value is not like:
+            raise ValueError(f"{where} is {value!r:.40}, expected {like!r:.40}")
         return
     if isinstance(like, dict):
         if not isinstance(value, dict) or set(map(str, value)) != set(map(str, like)):
@@ -212,7 +233,18 @@ def _check_like(value: Any, like: Any, where: str) -> None:
         for i, (item, ref) in enumerate(zip(value, like)):
             _check_like(item, ref, f"{where}.{i}")
     elif _scalar_kind(value) != _scalar_kind(like):
-        raise ValueError(f"{where} is {value!r}, expected a {_scalar_kind(like)}")
+        raise ValueError(f"{where} is {value!r:.40}, expected a {_scalar_kind(like)}")
+    elif isinstance(like, bool) and value != like:
+        raise ValueError(f"{where} is {value}, the live object's is {like}")
+    elif isinstance(like, int | float) and not _number_ok(value, infinite=not math.isfinite(like)):
+        raise ValueError(f"{where} is {value}, expected a finite number within ±2^53")
+
+
+def _number_ok(value: int | float, infinite: bool = False) -> bool:
+    """A number torch and Python handle: not NaN, finite (or ±inf when ``infinite``), at most 2^53 in size."""
+    if isinstance(value, int):  # exact: math.isnan(10**400) would overflow
+        return abs(value) <= 2**53
+    return not math.isnan(value) and (abs(value) <= 2**53 or (infinite and math.isinf(value)))
 
 
 def _scalar_kind(value: Any) -> str:
@@ -256,12 +288,38 @@ def _split_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, {"param_groups": sd["param_groups"], "plain": plain}
 
 
-def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                    optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict from the tensors and the plain values, each checked against the parameter it
+    belongs to: a valid index, once, the parameter's shape and finite floats, and every parameter the same slots."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for flat, value in [*tensors.items(), *meta["plain"].items()]:
-        idx, key = flat.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
+        found = re.fullmatch(r"(\d{1,9})\.(\w+)", flat)
+        if found is None or int(found[1]) >= len(params):
+            raise ValueError(f"state {flat[:40]!r} is not '<index>.<name>' of one of the {len(params)} parameters")
+        slots = state.setdefault(int(found[1]), {})
+        if found[2] in slots:
+            raise ValueError(f"state {flat!r} is given twice")
+        slots[found[2]] = value
+        problem = _slot_problem(value, params[int(found[1])])
+        if problem:
+            raise ValueError(f"state {flat!r} {problem}")
+    if len({frozenset(slots) for slots in state.values()}) > 1:
+        raise ValueError(f"parameters keep different state: {sorted({tuple(sorted(s)) for s in state.values()})}")
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _slot_problem(value: Any, param: torch.Tensor) -> str:
+    """What is wrong with ``value`` as an optimizer state slot of ``param`` ("" when nothing is)."""
+    if not isinstance(value, torch.Tensor):
+        ok = value is None or isinstance(value, bool) or (isinstance(value, int | float) and _number_ok(value))
+        return "" if ok else f"is {value!r:.40}, expected a tensor, a finite number, true/false or null"
+    if value.ndim and (value.shape != param.shape or not value.is_floating_point()):
+        return f"is {value.dtype} of shape {tuple(value.shape)}, expected a scalar or floats of {tuple(param.shape)}"
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        return "holds NaN/inf values (a run that diverged, or a corrupted file)"
+    return ""
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
