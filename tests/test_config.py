@@ -21,7 +21,7 @@ def test_replace_changes_one_field_and_is_frozen():
     ("changes", "message"),
     [
         ({"norm": "weight"}, "norm='weight' is not allowed; choose one of batch, instance, group, layer, none"),
-        ({"groups": 0}, "groups=0 is not allowed; it must be a positive integer"),
+        ({"groups": 0}, "groups=0 is not allowed; it must be an integer >= 1"),
         ({"groups": 2.5}, "groups=2.5 is not allowed"),
         ({"positional": "sinusoid"}, "positional='sinusoid' is not allowed"),
         ({"operand_bias": "one"}, "operand_bias='one' is not allowed"),

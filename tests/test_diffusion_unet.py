@@ -104,5 +104,5 @@ def test_linear_positional_is_refused_with_the_allowed_values():
 
 
 def test_wrong_input_shape_names_the_expected_shape():
-    with pytest.raises(ValueError, match=r"expects \(1, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"^x has shape \(1, 3, 8, 8\); this layer takes \(N, 1, 8, 8\)$"):
         UNet(tiny())(torch.randn(1, 3, 8, 8), torch.tensor([1]))

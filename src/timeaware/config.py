@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .parsing import split_pair
-from .validate import check_nonnegative, check_positive, check_width, choice
+from .validate import check_number, check_type, check_width, choice
 
 NORMS = ("batch", "instance", "group", "layer", "none")
 POSITIONAL = ("none", "linear", "mlp")
 BIAS_INITS = ("zero", "default")
 INJECTIONS = ("add", "scale_shift")
 ACTIVATIONS = ("relu", "silu", "elu", "softplus", "sigmoid")
+MAX_INIT_STD = 1e6  # an initial std: 10^30 overflowed float32 when the map was built
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,13 @@ class TimeAware:
 
     def __post_init__(self) -> None:
         choice("norm", self.norm, NORMS)
-        check_positive("groups", self.groups)
+        check_width("groups", self.groups)  # more groups than MAX_WIDTH could divide no width
         choice("positional", self.positional, POSITIONAL)
         choice("operand_bias", self.operand_bias, BIAS_INITS)
         choice("time_bias", self.time_bias, BIAS_INITS)
         choice("injection", self.injection, INJECTIONS)
         choice("activation", self.activation, ACTIVATIONS)
-        check_nonnegative("positional_init", self.positional_init)
+        check_number("positional_init", self.positional_init, 0, MAX_INIT_STD)
 
     def replace(self, **changes: Any) -> TimeAware:
         """A copy with some fields changed (validated like the original)."""
@@ -75,6 +76,7 @@ class TimeAware:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TimeAware:
+        check_type("TimeAware config", data, dict)
         return cls().replace(**data)
 
     @classmethod

@@ -18,14 +18,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .config import TimeAware
+from .config import MAX_INIT_STD, TimeAware
 from .validate import (
     MAX_MAP,
     MAX_WIDTH,
     check_int,
     check_number,
     check_parameters,
-    check_positive,
     check_type,
     check_width,
     choice,
@@ -69,7 +68,7 @@ class TimeDomain:
 
     def grid(self, k: int) -> torch.Tensor:
         """K timesteps spread over the domain: integer steps, evenly spaced t, or log-spaced σ."""
-        check_positive("K", k)
+        check_int("K", k, 1, MAX_MAP)
         if self.kind == "sigma":
             return torch.logspace(math.log10(self.low), math.log10(self.high), k, dtype=torch.float64).float()
         if self.kind == "continuous":
@@ -82,6 +81,7 @@ class TimeDomain:
 
     def unit(self, t: torch.Tensor) -> torch.Tensor:
         """t on an O(1) scale: steps / (T), t itself, or EDM's c_noise = ln(σ)/4."""
+        t = time_tensor(t)
         t = t if t.is_floating_point() else t.float()
         if self.kind == "steps":
             return t / (self.high + 1)
@@ -89,6 +89,7 @@ class TimeDomain:
 
     def phase(self, t: torch.Tensor) -> torch.Tensor:
         """t on DDPM's step scale (~1000 over the domain), for sinusoidal features."""
+        t = time_tensor(t)
         t = t if t.is_floating_point() else t.float()
         if self.kind == "steps":
             return t
@@ -118,10 +119,9 @@ def as_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Te
     Accepts a Python number, a 0-d tensor (one t shared by the batch, as in an ODE solve) or a
     per-sample tensor of shape (batch,) (as in diffusion training).
     """
-    if not isinstance(t, (int, float, torch.Tensor)) or isinstance(t, bool):
-        check_type("t", t, float | torch.Tensor)
     dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-    t = torch.as_tensor(t, dtype=dtype, device=like.device)  # a Python float never rounds via float32
+    # a Python float is made in ``dtype`` directly, so it never rounds via float32
+    t = torch.as_tensor(time_tensor(t, dtype, like.device), dtype=dtype, device=like.device)
     if t.ndim == 0:
         t = t.expand(batch)
     elif t.shape != (batch,):
@@ -131,6 +131,23 @@ def as_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Te
     return t
 
 
+def time_tensor(t: float | torch.Tensor, dtype: torch.dtype | None = None,
+                device: torch.device | None = None) -> torch.Tensor:
+    """t as a real tensor: a Python number becomes a 0-d tensor (of ``dtype`` on ``device``), a tensor passes
+    as it is; anything else (a string, a list, a bool, a complex or bool tensor) is a one-line TypeError. O(1)."""
+    if isinstance(t, torch.Tensor):
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t has dtype {t.dtype}; allowed: a real number or a real tensor")
+        return t
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        check_type("t", t, float | torch.Tensor)
+    if abs(t) > MAX_TIME and t not in (math.inf, -math.inf):  # 10**400 overflowed; inf and NaN: "non-finite"
+        big = isinstance(t, int) and t.bit_length() > 64  # repr of 10**5000 is itself an error
+        shown = f"about {'-' * (t < 0)}2**{int(t).bit_length() - 1}" if big else repr(t)
+        raise ValueError(f"t={shown} is not allowed; it must be a finite number of magnitude at most {MAX_TIME:g}")
+    return torch.tensor(t, dtype=dtype or torch.get_default_dtype(), device=device)
+
+
 def sinusoidal_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """DDPM's sinusoidal timestep features: [sin(t·f_i), cos(t·f_i)], f_i = max_period^(-i/(dim/2-1)).
 
@@ -138,6 +155,7 @@ def sinusoidal_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) 
     """
     check_features("dim", dim)
     check_number("max_period", max_period, 1.0, low_open=True)
+    t = time_tensor(t)
     if t.ndim != 1:
         raise ValueError(f"t has shape {tuple(t.shape)}; sinusoidal features take one t per sample, shape (B,)")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -161,8 +179,8 @@ def init_bias_(module: M, policy: str) -> M:
     Fix 2 of the paper names two policies, one per branch: zero on the operand convs, default
     (non-zero) on the timestep branch, so the time terms start relatively large.
     """
-    if policy not in ("zero", "default"):
-        raise ValueError(f"bias policy {policy!r} is not allowed; choose one of zero, default")
+    check_type("module", module, nn.Module)
+    choice("bias policy", policy, ("zero", "default"))
     if policy == "zero":
         for sub in module.modules():
             bias = getattr(sub, "bias", None)
@@ -182,6 +200,7 @@ class TimestepMLP(nn.Module):
         super().__init__()
         check_features("features", features)
         check_width("out_dim", out_dim)
+        check_time_config(config, domain)
         check_parameters(features * out_dim + out_dim * out_dim, "TimestepMLP")
         self.features, self.domain = features, domain
         self.net = nn.Sequential(nn.Linear(features, out_dim), make_activation(config.activation),
@@ -201,11 +220,13 @@ class LinearTimeMap(nn.Module):
 
     def __init__(self, size: tuple[int, ...], init_std: float = 0.1, domain: TimeDomain = UNIT_INTERVAL) -> None:
         super().__init__()
-        self.size, self.domain = _check_size(size), domain
-        check_number("init_std", init_std, 0)
+        self.size, self.domain = check_map_size(size), domain
+        check_number("init_std", init_std, 0, MAX_INIT_STD)
+        check_type("domain", domain, TimeDomain)
         self.weight = nn.Parameter(torch.randn(self.size) * init_std)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: float | torch.Tensor) -> torch.Tensor:
+        t = time_tensor(t, self.weight.dtype, self.weight.device)
         if t.ndim > 1:
             raise ValueError(f"t has shape {tuple(t.shape)}; a positional map takes a scalar t or shape (B,)")
         u = self.domain.unit(t).to(self.weight.dtype)
@@ -224,9 +245,10 @@ class MLPTimeMap(nn.Module):
     def __init__(self, size: tuple[int, ...], config: TimeAware, features: int = 64, hidden: int = 64,
                  domain: TimeDomain = DDPM_STEPS, zero_init: bool = False, sinusoidal: bool = True) -> None:
         super().__init__()
-        self.size = _check_size(size)
+        self.size = check_map_size(size)
         (check_features if sinusoidal else check_width)("features", features)
         check_width("hidden", hidden)
+        check_time_config(config, domain)
         check_parameters((features + 1) * hidden + (hidden + 1) * math.prod(self.size), "MLPTimeMap")
         self.features, self.domain, self.sinusoidal = features, domain, sinusoidal
         act, out = config.activation, nn.Linear(hidden, math.prod(self.size))
@@ -238,7 +260,10 @@ class MLPTimeMap(nn.Module):
             nn.init.zeros_(out.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        x = sinusoidal_features(self.domain.phase(t), self.features) if self.sinusoidal else t
+        if self.sinusoidal:
+            x = sinusoidal_features(self.domain.phase(t), self.features)
+        else:
+            x = check_embedding(t, self.features)
         return self.net(x).view(-1, 1, *self.size)
 
 
@@ -253,8 +278,11 @@ def make_time_map(config: TimeAware, size: tuple[int, ...] | None, domain: TimeD
     The time-branch biases follow ``config.time_bias``; the linear map's initial std is
     ``config.positional_init``.
     """
+    check_time_config(config, domain)
     if config.positional == "none":
         return None
+    if embedding_dim is not None:
+        check_width("embedding_dim", embedding_dim)
     if size is None:
         raise ValueError(f"positional={config.positional!r} needs the feature map size (H, W)")
     if config.positional == "linear" and embedding_dim is None:
@@ -271,9 +299,31 @@ def make_activation(name: str) -> nn.Module:
     return table[name]()
 
 
-def _check_size(size: tuple[int, ...]) -> tuple[int, ...]:
-    if not 1 <= len(size) <= 3:
-        raise ValueError(f"size={size!r} is not allowed; it must be a spatial shape (L,), (H, W) or (D, H, W)")
+def check_time_config(config: Any, domain: Any = UNIT_INTERVAL) -> None:
+    """A block's ``config`` is a TimeAware and its ``domain`` a TimeDomain, else a one-line TypeError."""
+    check_type("config", config, TimeAware)
+    check_type("domain", domain, TimeDomain)
+
+
+def check_embedding(emb: Any, width: int, batch: int | None = None) -> torch.Tensor:
+    """``emb`` is a timestep embedding of shape (B, ``width``) (B = ``batch`` when given); O(1), no data read."""
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[1] != width or batch not in (None, emb.shape[0]):
+        shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        raise ValueError(f"emb has shape {shape}; allowed: a timestep embedding of shape "
+                         f"({'B' if batch is None else batch}, {width})")
+    return emb
+
+
+SHAPES = {1: "(L,)", 2: "(H, W)", 3: "(D, H, W)"}
+
+
+def check_map_size(size: Any, rank: int | None = None) -> tuple[int, ...]:
+    """A spatial shape of positive integers, (L,), (H, W) or (D, H, W) (only ``rank`` dims when given), of at
+    most ``MAX_MAP`` positions, as a tuple; else a one-line ValueError."""
+    ranks = (1, 2, 3) if rank is None else (rank,)
+    if not isinstance(size, tuple | list) or len(size) not in ranks:
+        shapes = " or ".join(SHAPES[r] for r in ranks).replace(" or ", ", ", len(ranks) - 2)
+        raise ValueError(f"size={size!r} is not allowed; it must be a spatial shape {shapes}")
     for v in size:
         check_int("size", v, 1, MAX_MAP)
     if math.prod(size) > MAX_MAP:

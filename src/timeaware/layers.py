@@ -17,10 +17,20 @@ import torch
 from torch import nn
 
 from .config import TimeAware
-from .embeddings import UNIT_INTERVAL, TimeDomain, as_time, init_bias_, make_activation, make_time_map
-from .validate import MAX_KERNEL, check_int, check_parameters, check_width, choice
+from .embeddings import (
+    UNIT_INTERVAL,
+    TimeDomain,
+    as_time,
+    check_embedding,
+    check_time_config,
+    init_bias_,
+    make_activation,
+    make_time_map,
+)
+from .validate import MAX_KERNEL, check_int, check_parameters, check_type, check_width, choice
 
 OFFSETS = ("linear", "embedding", "none")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 __all__ = ["ConcatConv2d", "ScaleShift", "TimeConv2d", "init_bias_", "make_activation", "make_norm"]
 
@@ -31,6 +41,7 @@ def make_norm(config: TimeAware, channels: int) -> nn.Module:
     "layer" normalizes over (C, H, W) with a per-channel affine, i.e. GroupNorm with one group,
     so it works at any resolution.
     """
+    check_type("config", config, TimeAware)
     config.check_channels(channels)
     if config.norm == "batch":
         return nn.BatchNorm2d(channels)
@@ -56,11 +67,27 @@ def check_conv(what: str, in_channels: int, out_channels: int, kernel_size: int,
                      f"kernel_size={kernel_size})")
 
 
-def check_input(x: torch.Tensor, channels: int) -> None:
-    """x is an (N, ``channels``, H, W) tensor; O(1), no data read (these run inside ODE solvers)."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != channels:
+def check_input(x: torch.Tensor, channels: int, *, conv: nn.Conv2d | None = None,
+                size: tuple[int, int] | None = None, name: str = "x") -> None:
+    """x is a floating-point (N, ``channels``, H, W) tensor, with H×W = ``size`` when given and large enough for
+    ``conv``'s kernel and padding; O(1), no data read (these run inside ODE solvers)."""
+    least = 1 if conv is None else min_input_size(conv)
+    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != channels or min(x.shape[-2:]) < least
+            or (size is not None and x.shape[-2:] != size)):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x has shape {shape}; this layer takes (N, {channels}, H, W)")
+        spatial = "H, W" if size is None else f"{size[0]}, {size[1]}"
+        raise ValueError(f"{name} has shape {shape}; this layer takes (N, {channels}, {spatial})"
+                         + (f" with H, W >= {least}" if least > 1 and size is None else ""))
+    if not x.is_floating_point():
+        raise ValueError(f"{name} has dtype {x.dtype}; this layer takes a floating-point tensor")
+
+
+def min_input_size(conv: nn.Conv2d) -> int:
+    """The smallest H (and W) ``conv`` takes: one output pixel, and padding that does not wrap (reflect needs
+    H > padding, circular H >= padding)."""
+    pad = int(conv.padding[0])  # an int pair: check_conv refuses "same" and "valid"
+    wrap = {"reflect": pad + 1, "circular": pad}.get(conv.padding_mode, 1)
+    return max(1, conv.kernel_size[0] - 2 * pad, wrap)
 
 
 class ConcatConv2d(nn.Module):
@@ -75,11 +102,13 @@ class ConcatConv2d(nn.Module):
                  padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros") -> None:
         super().__init__()
         check_conv("ConcatConv2d", in_channels, out_channels, kernel_size, stride, padding)
+        check_type("bias", bias, bool)
+        choice("padding_mode", padding_mode, PADDING_MODES)
         self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride, padding, bias=bias,
                               padding_mode=padding_mode)
 
     def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.conv.in_channels - 1)
+        check_input(x, self.conv.in_channels - 1, conv=self.conv)
         tt = torch.ones_like(x[:, :1]) * as_time(t, x.shape[0], x)[:, None, None, None]
         return self.conv(torch.cat([tt, x], dim=1))
 
@@ -109,6 +138,10 @@ class TimeConv2d(nn.Module):
         padding = kernel_size // 2 if padding is None and isinstance(kernel_size, int) else padding
         check_conv("TimeConv2d", in_channels, out_channels, kernel_size, stride, padding)
         choice("offset", offset, OFFSETS)
+        check_time_config(config, domain)
+        if emb_dim is not None:  # a size, checked even where this offset does not use it
+            check_width("emb_dim", emb_dim)
+        check_type("time_map", time_map, nn.Module | None)
         self.conv = init_bias_(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding),
                                config.operand_bias)
         self.offset: nn.Module | None = None  # "none"
@@ -120,9 +153,9 @@ class TimeConv2d(nn.Module):
         elif offset == "embedding":
             if emb_dim is None:
                 raise ValueError("offset='embedding' needs emb_dim, the size of the timestep embedding")
-            check_width("emb_dim", emb_dim)
+            check_parameters(emb_dim * out_channels, f"TimeConv2d's embedding offset ({emb_dim} -> {out_channels})")
             self.offset = nn.Sequential(make_activation(config.activation), nn.Linear(emb_dim, out_channels))
-        self.offset_kind = offset
+        self.offset_kind, self.emb_dim = offset, emb_dim or 0
         if self.offset is not None:
             init_bias_(self.offset, config.time_bias)
         if time_map is None and size is not None:
@@ -130,12 +163,14 @@ class TimeConv2d(nn.Module):
         self.time_map = time_map
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        check_input(x, self.conv.in_channels)
-        y = self.conv(x)
+        check_input(x, self.conv.in_channels, conv=self.conv)
         tb = as_time(t, x.shape[0], x)
-        if self.offset is not None:  # "linear" from the raw t, "embedding" from the timestep embedding
-            if self.offset_kind == "embedding" and emb is None:
+        if self.offset_kind == "embedding":
+            if emb is None:
                 raise ValueError("this TimeConv2d adds a timestep embedding: call it as layer(x, t, emb)")
+            check_embedding(emb, self.emb_dim, x.shape[0])
+        y = self.conv(x)
+        if self.offset is not None:  # "linear" from the raw t, "embedding" from the timestep embedding
             y = y + self.offset(tb[:, None] if self.offset_kind == "linear" else emb)[:, :, None, None]
         if self.time_map is not None:
             p = self.time_map(tb)
@@ -156,10 +191,15 @@ class ScaleShift(nn.Module):
         super().__init__()
         check_width("channels", channels)
         check_width("emb_dim", emb_dim)
+        check_type("config", config, TimeAware)
+        check_parameters(emb_dim * 2 * channels, f"ScaleShift({channels}, {emb_dim})")
+        self.channels, self.emb_dim = channels, emb_dim
         self.proj = init_bias_(nn.Sequential(make_activation(config.activation), nn.Linear(emb_dim, 2 * channels)),
                                config.time_bias)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        check_input(h, self.channels, name="h")
+        check_embedding(emb, self.emb_dim, h.shape[0])
         scale, shift = self.proj(emb)[:, :, None, None].chunk(2, dim=1)
         return h * (1 + scale) + shift
 

@@ -27,9 +27,9 @@ from torch.nn import functional as F
 from ..calling import ModelCall
 from ..config import TimeAware
 from ..embeddings import DDPM_STEPS, TimestepMLP, as_time, make_activation, make_time_map
-from ..layers import ScaleShift, TimeConv2d, make_norm
+from ..layers import ScaleShift, TimeConv2d, check_input, make_norm
 from ..resources import unet_size
-from ..validate import check_positive, check_width
+from ..validate import MAX_WIDTH, check_int, check_number, check_parameters, check_type, check_width
 
 
 def ddpm_time_config() -> TimeAware:
@@ -46,32 +46,37 @@ class UNetConfig:
     channels: int = 128                        # base width
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)  # width multiplier per resolution
     num_res_blocks: int = 2                    # residual blocks per resolution on the way down
-    attn_resolutions: tuple[int, ...] = (16,)  # resolutions with self-attention
+    attn_resolutions: tuple[int, ...] | None = None  # resolutions with self-attention; None: DDPM's 16 if reached
     dropout: float = 0.1
     time: TimeAware = field(default_factory=ddpm_time_config)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "channels", "num_res_blocks"):
             check_width(name, getattr(self, name))
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        check_type("channel_mult", self.channel_mult, tuple | list)
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))  # a list from JSON becomes a tuple
         if not self.channel_mult:
             raise ValueError("channel_mult=() is not allowed; give at least one multiplier")
-        for m in self.channel_mult:
-            check_positive("channel_mult", m)
+        for m in self.channel_mult:  # every width channels·m must be one a block can have
+            check_int("channel_mult", m, 1, MAX_WIDTH // self.channels)
         if self.image_size % 2 ** (len(self.channel_mult) - 1):
             raise ValueError(f"image_size={self.image_size} is not allowed with {len(self.channel_mult)} "
                              f"resolutions; it must be divisible by {2 ** (len(self.channel_mult) - 1)}")
-        for r in self.attn_resolutions:  # a resolution the net does not reach has no attention; 0 is a typo
-            check_positive("attn_resolutions", r)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} is not allowed; it must be in [0, 1)")
+        attn = self.attn_resolutions
+        if attn is None:  # the default: DDPM's 16×16, where the net reaches it
+            attn = (16,) if 16 in self.resolutions else ()
+        check_type("attn_resolutions", attn, tuple | list)
+        object.__setattr__(self, "attn_resolutions", tuple(attn))
+        for r in attn:  # 0, -1, 2.5 are typos; a size the net does not reach has no attention (saved runs keep it)
+            check_int("attn_resolutions", r, 1, self.image_size)
+        check_number("dropout", self.dropout, 0.0, 1.0)
         if isinstance(self.time, dict):
             object.__setattr__(self, "time", TimeAware.from_dict(self.time))
+        check_type("time", self.time, TimeAware)
         if self.time.positional == "linear":
             raise ValueError("positional='linear' is not allowed in the U-Net: t·P is the NODE form for t in [0, 1] "
                              "and would swamp the features at t ~ 1000; choose one of none, mlp")
-        for c in {self.channels * m for m in self.channel_mult}:
+        for c in sorted({self.channels * m for m in self.channel_mult}):
             self.time.check_channels(c)
 
     def size(self) -> tuple[int, int]:
@@ -88,7 +93,7 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["channel_mult"], data["attn_resolutions"] = list(self.channel_mult), list(self.attn_resolutions)
+        data["channel_mult"], data["attn_resolutions"] = list(self.channel_mult), list(self.attn_resolutions or ())
         return data
 
     @classmethod
@@ -111,6 +116,8 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, config: TimeAware,
                  time_map: nn.Module | None = None) -> None:
         super().__init__()
+        check_number("dropout", dropout, 0.0, 1.0)
+        check_type("config", config, TimeAware)
         scale_shift = config.injection == "scale_shift"
         self.norm1, self.act = make_norm(config, in_ch), make_activation(config.activation)
         self.conv1 = TimeConv2d(in_ch, out_ch, 3, config=config,
@@ -143,6 +150,7 @@ class Attention(nn.Module):
     def __init__(self, channels: int, config: TimeAware) -> None:
         super().__init__()
         self.norm = make_norm(config, channels)
+        check_parameters(4 * channels * channels, f"Attention({channels})")
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -174,6 +182,8 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or UNetConfig()
+        check_type("config", cfg, UNetConfig)
+        check_parameters(cfg.size()[0], "UNet")
         tc, ch, emb_dim = cfg.time, cfg.channels, 4 * cfg.channels
         self.time_embed = TimestepMLP(ch, emb_dim, tc)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
@@ -184,7 +194,7 @@ class UNet(nn.Module):
             return ResBlock(i, o, emb_dim, cfg.dropout, tc, self.time_maps[str(r)] if self.time_maps else None)
 
         def attn(r: int, c: int) -> Attention | None:
-            return Attention(c, tc) if r in cfg.attn_resolutions else None
+            return Attention(c, tc) if r in (cfg.attn_resolutions or ()) else None
 
         widths, skips, c = [ch * m for m in cfg.channel_mult], [ch], ch
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -214,9 +224,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         cfg = self.config
-        if x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
-            raise ValueError(f"input has shape {tuple(x.shape[1:])}; this U-Net expects "
-                             f"({cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
+        check_input(x, cfg.in_channels, size=(cfg.image_size, cfg.image_size))
         t = as_time(t, x.shape[0], x)
         emb = self.time_embed(t)
         h = self.conv_in(x)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 from ..calling import ModelCall
 from ..config import TimeAware
-from ..embeddings import TimeDomain, TimestepMLP, as_time, init_bias_, make_activation, make_time_map
-from ..layers import ConcatConv2d, TimeConv2d, make_norm
-from ..validate import check_positive, choice
+from ..embeddings import (
+    MAX_TIME,
+    TimeDomain,
+    TimestepMLP,
+    as_time,
+    check_features,
+    check_map_size,
+    init_bias_,
+    make_activation,
+    make_time_map,
+)
+from ..layers import ConcatConv2d, TimeConv2d, check_input, make_norm
+from ..validate import check_number, check_type, check_width, choice
 
 TIME_INPUTS = ("concat", "mlp")
 
@@ -28,11 +40,14 @@ class ODEFunc(nn.Module):
     def __init__(self, channels: int = 64, config: TimeAware | None = None, *, time: str = "concat",
                  size: tuple[int, int] | None = None, emb_dim: int = 64, t1: float = 1.0) -> None:
         super().__init__()
-        config = config or TimeAware()
-        check_positive("channels", channels)
+        config = TimeAware() if config is None else config
+        check_type("config", config, TimeAware)
+        check_width("channels", channels)
         choice("time", time, TIME_INPUTS)
+        check_features("emb_dim", emb_dim)
+        check_number("t1", t1, 0.0, MAX_TIME, low_open=True)
         self.config, self.time, self.channels = config, time, channels
-        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.size = None if size is None else cast(tuple[int, int], check_map_size(size, 2))
         self.domain = TimeDomain("continuous", 0.0, float(t1))
         self.embed = TimestepMLP(emb_dim, emb_dim, config, self.domain) if time == "mlp" else None
         self.act = make_activation(config.activation)
@@ -62,6 +77,7 @@ class ODEFunc(nn.Module):
         return y if tmap is None else y + tmap(t)
 
     def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.channels, size=self.size if self.map1 is not None else None)
         tb = as_time(t, x.shape[0], x)
         emb = self.embed(tb) if self.embed is not None else None
         h = self.act(self.norm1(x))
