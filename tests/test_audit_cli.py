@@ -76,7 +76,7 @@ def test_import_path_gets_set_pairs_as_keyword_strings(capsys: pytest.CaptureFix
     (["os.path:"], "MODEL 'os.path:' is not allowed"),
     (["no_such_module_xyz:build", "--input-shape", "3,4,4"], "cannot import 'no_such_module_xyz'"),
     ([f"{__name__}:tiny", "--input-shape", "4,5"], "calling Tiny as model(x, t=t) on inputs of shape (4, 5) failed"),
-    (["node-func", "--timesteps", "1"], "--timesteps 1 is not allowed"),
+    (["node-func", "--timesteps", "1"], "argument --timesteps: '1' is not allowed"),
     (["node-func", "--samples", "100000000"], "--samples 100000000 inputs of shape 64,8,8 needs about"),
     (["node-func", "--plot", "x.jpg"], "--plot 'x.jpg' is not allowed"),
     (["node-func", "--batching", "random"], "invalid choice"),

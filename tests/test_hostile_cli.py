@@ -1,5 +1,8 @@
 """Property: a flag the command cannot honour is one line and exit 2 before the expensive part starts (loading a
-run, sampling, submitting cells), and an extra input is named once."""
+run, sampling, submitting cells), and an extra input is named once. Numeric flags (seeds 0..2**63-1, positive
+counts, finite positive floats: "nan" parses as a float) are refused as argparse reads them, naming flag and value;
+an FD classifier whose .json does not fit the model's samples is refused, naming the file and field, before
+sampling."""
 
 from __future__ import annotations
 
@@ -24,7 +27,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's exit: a flag refused as it is read
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     return err
@@ -34,27 +41,95 @@ def _never(*_: Any, **__: Any) -> Any:
     raise AssertionError("the expensive part started before the bad flag was refused")
 
 
-def test_time_use_refuses_a_negative_seed_before_loading_the_run(run_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("flag", "value"), [("--seed", "-1"), ("--seed", str(2**63)), ("--seed", "nan"),
+                                             ("--bins", "0"), ("--bins", "-3"), ("--bins", "1001"), ("--limit", "0"),
+                                             ("--limit", "1.5"), ("--mode", "bogus")])
+def test_time_use_refuses_a_bad_number_before_loading_the_run(flag: str, value: str, run_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import timeaware.experiments.time_use as time_use
 
     monkeypatch.setattr(time_use, "load_run", _never)
-    assert "seed=-1 is not allowed" in _refused(["time-use", str(run_dir), "--seed", "-1"], capsys)
+    out = tmp_path / "tu"
+    err = _refused(["time-use", str(run_dir), f"{flag}={value}", "--out", str(out)], capsys)
+    assert flag in err and repr(value) in err and "is not allowed" in err, err
+    assert not out.exists()
 
 
-def test_evaluate_refuses_a_classifier_of_other_data_before_sampling(run_dir: Path, tmp_path: Path,
+def test_time_use_checks_its_arguments_and_out_folder_before_loading(run_dir: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import timeaware.experiments.time_use as time_use
+
+    monkeypatch.setattr(time_use, "load_run", _never)
+    for kwargs, message in (({"bins": 0}, "bins=0 is not allowed"), ({"mode": "test"}, "mode='test' is not allowed"),
+                            ({"seed": -1}, "seed=-1 is not allowed")):
+        with pytest.raises(ValueError, match=message):
+            time_use.time_use(run_dir, **kwargs)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    for out in (taken, taken / "sub"):
+        assert "is a file, not a folder" in _refused(["time-use", str(run_dir), "--out", str(out)], capsys)
+    assert taken.read_text() == "mine"
+    assert "is inside the run folder" in _refused(["time-use", str(run_dir), "--out", str(run_dir / "x")], capsys)
+
+
+DIGITS_CLASSIFIER = {"config": {"in_channels": 1, "num_classes": 10, "width": 8}, "data": "digits",
+                     "image_shape": [1, 8, 8], "test_accuracy": 0.5}  # what the tiny run's samples need
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"data": "cifar10", "image_shape": [3, 32, 32]}, "field data is 'cifar10'"),
+    ({"image_shape": [1, 16, 16]}, "field image_shape is [1, 16, 16]"),
+    ({"config": {"in_channels": 3, "num_classes": 10, "width": 8}}, "field config.in_channels is 3"),
+    ({"config": {"in_channels": 1, "num_classes": 5, "width": 8}}, "field config.num_classes is 5"),
+])
+def test_evaluate_refuses_a_classifier_of_other_data_before_sampling(change: dict[str, Any], field: str, run_dir: Path,
+                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import timeaware.diffusion.evaluate as evaluate
+    import timeaware.diffusion.metrics as metrics
 
     monkeypatch.setattr(evaluate, "sample", _never)
+    monkeypatch.setattr(metrics, "train_feature_classifier", _never)
+    monkeypatch.setattr(metrics, "load_weights", _never)  # the .json is read first, and is enough to refuse
     classifier = tmp_path / "clf.safetensors"
     classifier.write_bytes(b"")
-    info = {"config": {"in_channels": 1, "num_classes": 10, "width": 8}, "data": "cifar10",
-            "image_shape": [3, 32, 32], "test_accuracy": 0.5}
-    classifier.with_suffix(".json").write_text(json.dumps(info))
-    err = _refused(["evaluate", str(run_dir), "--num", "2", "--classifier", str(classifier)], capsys)
-    assert "clf.safetensors: was trained on cifar10 [3, 32, 32], not digits" in err
+    classifier.with_suffix(".json").write_text(json.dumps({**DIGITS_CLASSIFIER, **change}))
+    before = sorted(tmp_path.iterdir())
+    err = _refused(["evaluate", str(run_dir), "--num", "2", "--steps", "2", "--classifier", str(classifier),
+                    "--out", str(tmp_path / "scores.json")], capsys)
+    assert f"--classifier {classifier.with_suffix('.json')}: {field} but" in err, err
+    assert sorted(tmp_path.iterdir()) == before  # no scores, no classifier trained or rewritten
+
+
+@pytest.mark.parametrize(("argv", "flag", "value"), [
+    (["sample", "RUN", "--out", "s"], "--seed", "-1"),
+    (["sample", "RUN", "--out", "s"], "--steps", "1001"),
+    (["sample", "RUN", "--out", "s"], "--num", "0"),
+    (["sample", "RUN", "--out", "s"], "--batch-size", "nan"),
+    (["evaluate", "RUN"], "--seed", str(2**63)),
+    (["evaluate", "RUN"], "--num", "-5"),
+    (["train", "ddpm"], "--steps", str(10**14)),
+    (["train", "ddpm"], "--lr", "nan"),
+    (["train", "ddpm"], "--lr", "inf"),
+    (["train", "ddpm"], "--seed", "-1"),
+    (["train", "ddpm"], "--batch-size", "0"),
+    (["train", "node"], "--epochs", str(10**14)),
+    (["train", "node"], "--rtol", "nan"),
+    (["train", "node"], "--atol", "0"),
+    (["train", "node"], "--lr", "-inf"),
+    (["train", "node"], "--limit", "0"),
+    (["train", "node"], "--seed", "-1"),
+    (["fix", "node-func", "--out", "f"], "--groups", "0"),
+])
+def test_numeric_flags_are_refused_as_they_are_read(argv: list[str], flag: str, value: str, run_dir: Path,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = _refused([str(run_dir) if a == "RUN" else a for a in argv] + [f"{flag}={value}"], capsys)
+    assert f"argument {flag}: {value!r} is not allowed" in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--mem-gb", "nan"), ("--mem-gb", "inf"), ("--time", "-1"),
@@ -119,3 +194,43 @@ def test_a_hostile_executor_config_is_one_line(content: str | bytes, message: st
     err = _refused(["reproduce", "node-norm", "--executor", "slurm", "--executor-config", str(config), "--status"],
                    capsys)
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(("argv", "flag", "value"), [
+    (["audit", "node-func"], "--seed", "-1"),
+    (["audit", "node-func"], "--samples", "1"),
+    (["audit", "node-func"], "--timesteps", "10001"),
+    (["audit", "node-func"], "--timesteps", "nan"),
+    (["fix", "node-func", "--out", "f"], "--seed", str(2**63)),
+    (["reproduce", "node-norm", "--status"], "--seeds", "0"),
+    (["reproduce", "node-norm", "--status"], "--seeds", "1001"),
+    (["reproduce", "node-norm", "--status"], "--jobs", "0"),
+    (["reproduce", "node-norm", "--executor", "slurm", "--status"], "--gpus-per-cell", "-1"),
+    (["reproduce", "node-norm", "--executor", "slurm", "--status"], "--mem-gb", "nan"),
+    (["reproduce", "node-norm", "--executor", "slurm", "--status"], "--time", "1.5"),
+])
+def test_audit_fix_and_reproduce_flags_are_refused_as_they_are_read(argv: list[str], flag: str, value: str,
+                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import timeaware.specs.options as options
+
+    monkeypatch.setattr(options, "_load", _never)
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, f"{flag}={value}"]) == 2  # returned, not argparse's SystemExit
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"argument {flag}: {value!r} is not allowed" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_given_twice_is_refused_before_the_model_is_built_or_a_file_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import timeaware.specs.options as options
+
+    monkeypatch.setattr(options, "_load", _never)
+    monkeypatch.setattr(options, "load_tensors", _never)
+    file = str(tmp_path / "y.safetensors")
+    for argv in (["audit", "node-func", "--input", "y=2,3", "--input", f"y={file}"],
+                 ["fix", "node-func", "--input", "y=labels:3", "--input", "y=labels:3", "--out", str(tmp_path / "f")]):
+        err = _refused(argv, capsys)
+        assert "--input y=... is given more than once" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -100,7 +100,7 @@ def test_overrides_parse_strings_and_reject_unknown_keys():
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--preset", "huge"], "preset 'huge' is unknown; choose one of quick, paper"),
-    (["--epochs", "-1"], "epochs=-1 is not allowed"),
+    (["--set", "epochs=-1"], "epochs=-1 is not allowed"),  # --epochs -1: argparse's (tests/test_hostile_cli.py)
     (["--set", "colour=red"], "unknown setting 'colour'"),
     (["--set", "norm=weird"], "norm='weird' is not allowed"),
     (["--set", "groups=5"], "groups=5 does not divide channels=16"),

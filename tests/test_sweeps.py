@@ -101,7 +101,7 @@ def test_status_shows_each_cell_and_the_table_so_far(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--executor", "pbs"], "--executor 'pbs' is not allowed; choose one of local, slurm, ray"),
-    (["--jobs", "0"], "executor setting jobs=0 is not allowed; it must be positive"),
+    (["--jobs", "0"], "timeaware reproduce: argument --jobs: '0' is not allowed; give an integer >= 1"),
     (["--executor", "slurm", "--jobs", "2"], "executor setting 'jobs' does not apply to slurm"),
     (["--executor", "slurm", "--sbatch", "qos"], "--sbatch 'qos' is not of the form key=value, e.g. --sbatch qos=high"),
     (["--executor-config", "missing.json"], "--executor-config missing.json: no such file"),

@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0), or a flag refused as it is read (2; its one line is printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
     if not hasattr(args, "run"):
         return _fail(f"'{args.command}' has nothing to run yet")
     try:

@@ -11,16 +11,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..parsing import COUNT, POSITIVE, SEED, integer
+
+MAX_STEPS = 10**8  # training steps: 77 times the paper's 1.3M; more is a typo that would train for years
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="dataset: digits, cifar10 or a .npz path (default: the preset's)")
     parser.add_argument("--preset", default="quick", help="quick | paper (default quick)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a TimeAware / U-Net / training field (repeatable)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
+    parser.add_argument("--steps", type=integer(1, MAX_STEPS), default=None,
+                        help="training steps (default: the preset's)")
+    parser.add_argument("--batch-size", type=COUNT, default=None, help="batch size (default: the preset's)")
+    parser.add_argument("--lr", type=POSITIVE, default=None, help="Adam learning rate (default: the preset's)")
+    parser.add_argument("--seed", type=SEED, default=None, help="random seed (default: the preset's, 0)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/ddpm-PRESET)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
                         help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "

@@ -98,6 +98,21 @@ def check_classifier_path(path: str | Path) -> Path:
     return path
 
 
+def read_classifier_info(path: str | Path, data: str, shape: list[int], num_classes: int) -> dict[str, Any]:
+    """The .json beside the classifier ``path``, checked against the images it is to score: ``data`` (a dataset
+    name) of ``shape`` [C, H, W] (the model's samples) and ``num_classes``; else one line naming the file and
+    the first field that differs. Cheap: callers check before sampling."""
+    info_path = Path(path).with_suffix(".json")
+    info = read_checked(info_path, CLASSIFIER_INFO)
+    expected = {"data": data, "image_shape": shape, "config.in_channels": shape[0], "config.num_classes": num_classes}
+    for field, want in expected.items():
+        got = info["config"][field[7:]] if field.startswith("config.") else info[field]
+        if got != want:
+            raise ValueError(f"--classifier {info_path}: field {field} is {got!r} but the images it would score need "
+                             f"{want!r} ({data} {shape}, {num_classes} classes); give another --classifier path")
+    return info
+
+
 def classifier_for(path: str | Path, train: ImageData, test: ImageData, steps: int = 400,
                    progress: bool = False) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Load the feature classifier at ``path`` (.safetensors + .json), training it for ``steps`` if absent.
@@ -108,10 +123,7 @@ def classifier_for(path: str | Path, train: ImageData, test: ImageData, steps: i
     info_path = path.with_suffix(".json")
     shape = list(train.x.shape[1:])
     if path.is_file():
-        info = read_checked(info_path, CLASSIFIER_INFO)
-        if info["data"] != train.name or info["image_shape"] != shape:
-            raise ValueError(f"{path}: was trained on {info['data']} {info['image_shape']}, not {train.name} {shape}; "
-                             "pass another --classifier path")
+        info = read_classifier_info(path, train.name, shape, train.num_classes)
         model = FeatureClassifier(**info["config"])
         load_weights(model, path, against=str(info_path))
         return model.eval(), info

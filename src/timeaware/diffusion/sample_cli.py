@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .ddpm import SAMPLERS
+from ..parsing import COUNT, SEED, integer
+from .ddpm import SAMPLERS, Schedule
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(parser: argparse.ArgumentParser, num: int = 64) -> None:
     """The sampling options shared with ``timeaware evaluate``; ``num``: the default number of images."""
     parser.add_argument("--sampler", default="ddim", help=f"{' | '.join(SAMPLERS)} (default ddim)")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; DDPM's own: 1000)")
-    parser.add_argument("--num", type=int, default=num, help=f"number of images (default {num})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler noise (default 0)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    steps = Schedule.num_train_timesteps
+    parser.add_argument("--steps", type=integer(1, steps), default=50,
+                        help=f"sampling steps, 1 to {steps} (default 50; DDPM's own: {steps})")
+    parser.add_argument("--num", type=COUNT, default=num, help=f"number of images (default {num})")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of x_T and the sampler noise (default 0)")
+    parser.add_argument("--batch-size", type=COUNT, default=256, help="images per forward pass (default 256)")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA")
 
 

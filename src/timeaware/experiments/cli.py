@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import check_source
-from ..parsing import split_pair
-from ..validate import check_int
+from ..parsing import COUNT, POSITIVE, integer, split_pair
+from ..paths import check_output
 from .executors import EXECUTORS, make_executor, read_settings
 from .registry import EXPERIMENTS, PRESETS, get_experiment
 from .sweep import Executor, StatusOnly, format_status, status
@@ -23,12 +23,14 @@ from .sweep import Executor, StatusOnly, format_status, status
 FLAGS = {"jobs": "jobs", "cpus_per_cell": "cpus", "gpus_per_cell": "gpus", "partition": "partition",
          "time": "time_min", "account": "account", "mem_gb": "mem_gb", "array_parallelism": "array_parallelism",
          "ray_address": "address"}
+MAX_SEEDS = 1000  # runs per setting; each is a training run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
     parser.add_argument("--preset", default="quick", help=f"scale: {' | '.join(PRESETS)} (default quick)")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per setting (default 1)")
+    parser.add_argument("--seeds", type=integer(1, MAX_SEEDS), default=1,
+                        help=f"runs per setting, 1 to {MAX_SEEDS} (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/EXPERIMENT-PRESET)")
     parser.add_argument("--data", default=None,
                         help="dataset: digits (built in), cifar10 (the .npz named by TIMEAWARE_CIFAR10), "
@@ -37,14 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show each cell's state and the table so far; run nothing")
     run = parser.add_argument_group("where the cells run (docs/sweeps.md)")
     run.add_argument("--executor", default="local", help=f"{' | '.join(EXECUTORS)} (default local)")
-    run.add_argument("--jobs", type=int, default=None, help="local: cells run side by side (default 1)")
-    run.add_argument("--cpus-per-cell", type=int, default=None, help="slurm, ray: CPUs per cell (default 1)")
-    run.add_argument("--gpus-per-cell", type=int, default=None, help="slurm, ray: GPUs per cell (default 0)")
+    run.add_argument("--jobs", type=COUNT, default=None, help="local: cells run side by side (default 1)")
+    run.add_argument("--cpus-per-cell", type=COUNT, default=None, help="slurm, ray: CPUs per cell (default 1)")
+    run.add_argument("--gpus-per-cell", type=integer(0), default=None, help="slurm, ray: GPUs per cell (default 0)")
     run.add_argument("--partition", default=None, help="slurm: partition")
-    run.add_argument("--time", type=int, default=None, help="slurm: time limit per cell in minutes (default 1440)")
+    run.add_argument("--time", type=COUNT, default=None, help="slurm: time limit per cell in minutes (default 1440)")
     run.add_argument("--account", default=None, help="slurm: account to charge")
-    run.add_argument("--mem-gb", type=float, default=None, help="slurm: memory per cell in GB")
-    run.add_argument("--array-parallelism", type=int, default=None, help="slurm: most cells running at once")
+    run.add_argument("--mem-gb", type=POSITIVE, default=None, help="slurm: memory per cell in GB")
+    run.add_argument("--array-parallelism", type=COUNT, default=None, help="slurm: most cells running at once")
     run.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                      help="slurm: any other sbatch option, e.g. --sbatch qos=high (repeatable)")
     run.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
@@ -65,19 +67,15 @@ def executor_from(args: argparse.Namespace) -> Executor:
     return make_executor(args.executor, settings)
 
 
-MAX_SEEDS = 1000  # runs per setting; each is a training run
-
-
 def run(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ValueError(f"--preset {args.preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
-    check_int("--seeds", args.seeds, 1, MAX_SEEDS)
     if args.data is not None:  # once, before any cell: a bad --data would fail every cell alike
         check_source(args.data)
         if args.data.endswith(".npz") and not Path(args.data).is_file():
             raise ValueError(f"--data {args.data}: no such file")
     experiment = get_experiment(args.experiment)
-    out = args.out or Path("runs") / f"{args.experiment}-{args.preset}"
+    out = args.out or check_output(Path("runs") / f"{args.experiment}-{args.preset}", "folder")  # --out: cli.py
     executor = executor_from(args)  # checked with --status too: a bad flag is said now, not at the next run
     if args.status:
         executor = StatusOnly()

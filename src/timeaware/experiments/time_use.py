@@ -29,12 +29,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..io import atomic_write, atomic_write_text, write_json
+from ..diffusion.ddpm import Schedule
+from ..io import atomic_write, atomic_write_text, staged_folder, write_json
+from ..parsing import COUNT, SEED, integer
+from ..paths import check_output
 from ..validate import check_int, choice
 
 if TYPE_CHECKING:
     from ..node.model import NodeClassifier
 
+MAX_BINS = Schedule.num_train_timesteps  # T of the DDPM schedule: one t per bin at the most
 NODE_TIMES = ("real", "frozen 0", "frozen T/2", "frozen T", "reversed")
 DDPM_TIMES = ("true", "random", "shifted")
 MODES = ("eval", "train")
@@ -79,6 +83,7 @@ def node_time_use(model: NodeClassifier, images: torch.Tensor, labels: torch.Ten
     mode; every buffer (running statistics) is restored afterwards.
     """
     choice("mode", mode, MODES)
+    check_int("batch_size", batch_size, 1)
     maps = time_maps(model.block.solver.t1)
     unknown = [t for t in times if t not in maps]
     if unknown:
@@ -116,8 +121,9 @@ def diffusion_time_use(model: nn.Module, x0: torch.Tensor, *, bins: int = 10, dr
     from ..diffusion.ddpm import make_scheduler
 
     check_int("seed", seed, 0)
-    if bins < 1 or bins > num_train_timesteps:
-        raise ValueError(f"bins={bins} is not allowed; it must be between 1 and {num_train_timesteps}")
+    check_int("bins", bins, 1, num_train_timesteps)
+    check_int("draws", draws, 1)
+    check_int("batch_size", batch_size, 1)
     scheduler = make_scheduler("ddpm")
     gen = torch.Generator().manual_seed(seed)
     edges = torch.linspace(0, num_train_timesteps, bins + 1).round().long().tolist()
@@ -187,6 +193,8 @@ def time_use(run: str | Path, *, limit: int | None = None, bins: int = 10, mode:
     from ..node.model import NodeClassifier
 
     check_int("seed", seed, 0)  # before the run is loaded
+    check_int("bins", bins, 1, MAX_BINS)
+    choice("mode", mode, MODES)
     kind, model, _, data = load_run(run, limit)
     if isinstance(model, NodeClassifier):  # kind "node"
         rows = node_time_use(model, data["x"], data["y"], mode=mode)
@@ -239,23 +247,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", type=Path,
                         help="a timeaware run folder (train node / train ddpm) or checkpoint")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN/time-use)")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N test images (default all)")
-    parser.add_argument("--bins", type=int, default=10, help="DDPM: t-bins over 0..T-1 (default 10)")
+    parser.add_argument("--limit", type=COUNT, default=None, help="use the first N test images (default all)")
+    parser.add_argument("--bins", type=integer(1, MAX_BINS), default=10,
+                        help=f"DDPM: t-bins over 0..T-1, 1 to {MAX_BINS} (default 10)")
     parser.add_argument("--mode", default="eval", help=f"NODE: norms in {' | '.join(MODES)} mode (default eval)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=SEED, default=0, help="DDPM: seed of the (x_0, ε, t) draws (default 0)")
     parser.add_argument("--json", action="store_true", help="print the JSON instead of the table")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit {args.limit} is not allowed; it must be a positive integer")
+    choice("--mode", args.mode, MODES)  # before the run loads; the numbers are checked as they are read
+    out = _output(args.out, args.run_dir)
     result = time_use(args.run_dir, limit=args.limit, bins=args.bins, mode=args.mode, seed=args.seed)
-    out = args.out or Path(args.run_dir) / "time-use"
-    write_json(out / "time-use.json", result)
-    atomic_write_text(out / "time-use.md", result["table"])
-    plot(result["kind"], result["rows"], out / "time-use.png", title=f"time use: {args.run_dir}")
+    with staged_folder(out) as stage:  # the three files, or none of them
+        write_json(stage / "time-use.json", result)
+        atomic_write_text(stage / "time-use.md", result["table"])
+        plot(result["kind"], result["rows"], stage / "time-use.png", title=f"time use: {args.run_dir}")
     print(_dumps(result) if args.json else result["table"] + f"\nwrote {out}/time-use.{{md,json,png}}")
     return 0
+
+
+def _output(out: Path | None, run_dir: Path) -> Path:
+    """``--out``, checked as every output folder is; or RUN/time-use, the one folder inside a run written here."""
+    default = Path(run_dir) / "time-use"
+    if out is not None and out.resolve() != default.resolve():
+        return check_output(out, "folder")
+    for path in (default, *default.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"--out {default}: {path} exists and is not a folder; remove it or give another --out")
+            break
+    return default
 
 
 def _dumps(result: dict[str, Any]) -> str:

@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..parsing import split_pair
+from ..parsing import COUNT, POSITIVE, SEED, integer, split_pair
 from ..resources import launch_rank
 from .run_config import PRESETS, allowed_keys
 
 # flag -> NodeRunConfig / SolverOptions field it overrides
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "limit": "limit", "seed": "seed",
           "data": "data", "method": "method", "rtol": "rtol", "atol": "atol"}
+MAX_EPOCHS = 10**5  # 400 times the paper's 250; more is a typo that would train for years
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,19 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="change any setting, e.g. norm=batch, groups=1, positional=linear, channels=32, "
                              "options={\"max_num_steps\":1000}; repeatable")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--limit", type=int, default=None, help="train on a fixed subset of N images")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--epochs", type=integer(1, MAX_EPOCHS), default=None)
+    parser.add_argument("--batch-size", type=COUNT, default=None)
+    parser.add_argument("--lr", type=POSITIVE, default=None)
+    parser.add_argument("--limit", type=COUNT, default=None, help="train on a fixed subset of N images")
+    parser.add_argument("--seed", type=SEED, default=None)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/node-PRESET)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
                         help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "
                              "fresh when --out has none) or from a checkpoint / run folder")
     parser.add_argument("--no-adjoint", action="store_true", help="direct backpropagation through the solver")
     parser.add_argument("--method", default=None, help="torchdiffeq method (default dopri5)")
-    parser.add_argument("--rtol", type=float, default=None)
-    parser.add_argument("--atol", type=float, default=None)
+    parser.add_argument("--rtol", type=POSITIVE, default=None)
+    parser.add_argument("--atol", type=POSITIVE, default=None)
 
 
 def parse_settings(pairs: list[str]) -> dict[str, str]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..parsing import COUNT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..specs.options import add_model_arguments
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positional", choices=POSITIONAL_FORMS, default=None,
                         help="add a positional timestep embedding (a block given a time embedding gets mlp)")
     parser.add_argument("--zero-bias", action="store_true", help="zero the bias of each site's operand conv")
-    parser.add_argument("--groups", type=int, default=None, help="regroup every GroupNorm to G groups")
+    parser.add_argument("--groups", type=COUNT, default=None, help="regroup every GroupNorm to G groups")
     parser.add_argument("--no-preserve", action="store_true",
                         help="random-initialise the positional maps (default: zero, output unchanged)")
 

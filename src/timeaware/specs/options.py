@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..awareness.audit import MAX_TIMESTEPS
 from ..calling import CONVENTIONS, Input, ModelCall, unwrapped
 from ..embeddings import TIME_KINDS, TimeDomain
 from ..io import load_tensors, tensor_bytes
-from ..parsing import parse_pairs, parse_range, parse_shape, split_pair
+from ..parsing import SEED, integer, parse_pairs, parse_range, parse_shape, split_pair
 from ..resources import check_memory
 from ..validate import check_int
 from .describe import describe, probe
@@ -49,15 +50,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, samples: int = 16) -> N
                         "level, log-spaced); default: detected")
     parser.add_argument("--t-range", metavar="A,B", help="first,last t; integers give integer (diffusion) steps "
                         "(default: 0,T-1 for diffusion models, a NODE run's 0,t1, σ in 0.002,80, else 0,1)")
-    parser.add_argument("--samples", type=int, default=samples, metavar="N",
-                        help=f"random inputs (default {samples})")
-    parser.add_argument("--timesteps", type=int, default=8, metavar="K", help="timesteps, spread over the time "
-                        "domain (default 8)")
+    parser.add_argument("--samples", type=integer(2), default=samples, metavar="N",
+                        help=f"random inputs, at least 2 (default {samples})")
+    parser.add_argument("--timesteps", type=integer(2, MAX_TIMESTEPS), default=8, metavar="K",
+                        help=f"timesteps, spread over the time domain, 2 to {MAX_TIMESTEPS} (default 8)")
     parser.add_argument("--mode", choices=("train", "eval"), default=None,
                         help="norms in train or eval mode (default: the model's use; train for NODE functions)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="compute in this dtype (float64 makes exact cancellation exact; default float32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the model's initialisation and the inputs")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed for the model's initialisation and the inputs")
     parser.add_argument("--trust-code", action="store_true",
                         help="allow a fixed folder's fix.json to name a factory that is imported and run")
 
@@ -76,10 +77,10 @@ class Resolved:
 
 def resolve(args: argparse.Namespace) -> Resolved:
     """Build the model MODEL names, describe its call with the overrides, and make its inputs."""
-    for flag, value in (("--timesteps", args.timesteps), ("--samples", args.samples)):
-        if value < 2:
-            raise ValueError(f"{flag} {value} is not allowed; it must be at least 2 (the audit compares them)")
-    check_int("--seed", args.seed, 0)
+    names = [split_pair("--input", text, identifier=False)[0] for text in args.inputs]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # before the model is built and any --input file is read
+        raise ValueError(f"--input {twice}=... is given more than once; give each input once")
     torch.manual_seed(args.seed)  # a factory's random init is part of the run
     model, record = _load(args.model, args.pairs, args.trust_code)
     model = unwrapped(model)  # a compiled or DataParallel model: its module
@@ -103,10 +104,6 @@ def resolve(args: argparse.Namespace) -> Resolved:
     call = describe(model, **overrides)
     if args.inputs:  # the given inputs replace detected ones of the same name
         given = [_extra(text, args.samples) for text in args.inputs]
-        twice = next((name for name, _ in given if [n for n, _ in given].count(name) > 1), None)
-        if twice is not None:
-            raise ValueError(f"--input {twice}=... is given more than once; give each input once")
-        names = {name for name, _ in given}
         call = call.replace(extras=(*((n, s) for n, s in call.extras if n not in names), *given))
     if args.t_range or args.time_domain:
         call = call.replace(domain=_domain(args.t_range, args.time_domain, call.domain))
