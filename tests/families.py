@@ -1238,6 +1238,11 @@ DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {
             "out_channels": 4, "num_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2,
             "joint_attention_dim": 16, "caption_projection_dim": 16, "pooled_projection_dim": 8,
             "pos_embed_max_size": 16},
+    # Flux: forward(hidden_states (B, L, C) packed tokens, encoder_hidden_states, pooled_projections, timestep in
+    # [0, 1], img_ids, txt_ids (RoPE positions)): adaLN-Zero in double- and single-stream blocks
+    "flux": {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": 8, "num_layers": 1,
+             "num_single_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,
+             "pooled_projection_dim": 8, "guidance_embeds": False, "axes_dims_rope": [2, 2, 4]},
     # PixArt-α: forward(hidden_states, encoder_hidden_states (B, S, caption_channels=12), timestep): adaLN-single
     "pixart": {"_class_name": "PixArtTransformer2DModel", "sample_size": 8, "patch_size": 2, "in_channels": 4,
                "out_channels": 4, "num_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2,
@@ -1449,6 +1454,11 @@ FAMILIES: dict[str, FamilyInfo] = {
                                        input_shape=(4, 8, 8), injection="adaln-zero", needs_fix=False,
                                        extra={"encoder_hidden_states": Extra(shape=(4, 16)),
                                               "pooled_projections": Extra(shape=(8,))}),
+    "diffusers_flux": _diffusers_family("flux", time_shape="batch", domain="continuous", time_range=(0.0, 1.0),
+                                        input_shape=(16, 8), injection="adaln-zero", needs_fix=False,
+                                        extra={"encoder_hidden_states": Extra(shape=(4, 16)),
+                                               "pooled_projections": Extra(shape=(8,)), "img_ids": Extra(shape=(16, 3)),
+                                               "txt_ids": Extra(shape=(4, 3))}),
     "diffusers_pixart": _diffusers_family("pixart", time_shape="batch", domain="steps", time_range=(0, 999),
                                           input_shape=(4, 8, 8), injection="adaln", needs_fix=False,
                                           extra={"encoder_hidden_states": Extra(shape=(4, 12))}),

@@ -571,6 +571,9 @@ def test_modern_conditional_diffusers_models_get_their_conditioning_from_their_c
     assert {n: i.shape for n, i in describe(make_diffusers("sd3")).extras} == {
         "encoder_hidden_states": (8, 16), "pooled_projections": (8,)}
     assert describe(make_diffusers("pixart")).inputs["encoder_hidden_states"].shape == (8, 12)
+    flux = describe(make_diffusers("flux"))  # packed tokens, RoPE ids, t in [0, 1] (it scales by 1000 itself)
+    assert flux.input_shape == (16, 8) and flux.domain.to_dict() == {"kind": "continuous", "low": 0.0, "high": 1.0}
+    assert {"img_ids", "txt_ids", "pooled_projections", "encoder_hidden_states"} <= set(flux.inputs)
     seen: dict[str, object] = {}
 
     class Spy(nn.Module):

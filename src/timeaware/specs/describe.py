@@ -236,6 +236,13 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         if text > 0 and time_ids > 0:
             extras["added_cond_kwargs.text_embeds"] = Input(shape=(text,))
             extras["added_cond_kwargs.time_ids"] = Input(shape=(6,))
+    rope = "img_ids" in names and "txt_ids" in names  # Flux: packed tokens (L, C) with RoPE position ids
+    if rope:
+        shape = shape or ((16, channels) if isinstance(channels, int) else None)
+        extras["img_ids"] = Input(shape=(16, 3))
+        extras["txt_ids"] = Input(shape=(8, 3))
+        if get("guidance_embeds"):
+            extras["guidance"] = Input()
     if "added_cond_kwargs" in names and getattr(model, "use_additional_conditions", False) is True:  # PixArt-α
         extras["added_cond_kwargs.resolution"] = Input(shape=(2,))
         extras["added_cond_kwargs.aspect_ratio"] = Input(shape=(1,))
@@ -259,6 +266,8 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         domain = EDM_SIGMAS if log else UNIT_INTERVAL  # NCSN++ feeds log σ; UNet1D (Dance Diffusion) t in [0, 1]
     elif get("num_train_timesteps"):
         domain = TimeDomain("steps", 0, int(get("num_train_timesteps")) - 1)
+    elif rope:  # Flux takes t in [0, 1] and scales it by 1000 itself
+        domain = UNIT_INTERVAL
     return ModelCall(convention="xt", time_arg="timestep", domain=domain, input_shape=shape,
                      extras=tuple(extras.items()))
 
