@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from timeaware.validate import check_int, check_nonnegative, check_number, check_positive, check_type, choice
+from timeaware.validate import check_int, check_number, check_positive, check_type, check_width, choice
 
 
 @pytest.mark.parametrize("check", [lambda v: check_int("n", v, 0), lambda v: check_positive("n", v),
-                                   lambda v: check_number("n", v, 0), lambda v: check_nonnegative("n", v)],
-                         ids=["int", "positive", "number", "nonnegative"])
+                                   lambda v: check_number("n", v, 0), lambda v: check_width("n", v)],
+                         ids=["int", "positive", "number", "width"])
 def test_a_bool_is_not_a_number(check):
     with pytest.raises(ValueError, match=r"^n=True is not allowed; it must be .+$"):
         check(True)

@@ -66,11 +66,6 @@ def check_number(name: str, value: Any, low: float, high: float = math.inf, low_
         raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {bounds}")
 
 
-def check_nonnegative(name: str, value: Any) -> None:
-    """A finite number >= 0, else a one-line ValueError."""
-    check_number(name, value, 0)
-
-
 def check_type(name: str, value: Any, allowed: Any) -> None:
     """A one-line TypeError naming the argument when ``value`` is not an instance of ``allowed``."""
     if not isinstance(value, allowed) or (isinstance(value, bool) and allowed in (int, float)):
