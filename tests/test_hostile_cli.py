@@ -110,12 +110,10 @@ def test_evaluate_refuses_a_classifier_of_other_data_before_sampling(change: dic
     (["sample", "RUN", "--out", "s"], "--batch-size", "nan"),
     (["evaluate", "RUN"], "--seed", str(2**63)),
     (["evaluate", "RUN"], "--num", "-5"),
-    (["train", "ddpm"], "--steps", str(10**14)),
     (["train", "ddpm"], "--lr", "nan"),
     (["train", "ddpm"], "--lr", "inf"),
     (["train", "ddpm"], "--seed", "-1"),
     (["train", "ddpm"], "--batch-size", "0"),
-    (["train", "node"], "--epochs", str(10**14)),
     (["train", "node"], "--rtol", "nan"),
     (["train", "node"], "--atol", "0"),
     (["train", "node"], "--lr", "-inf"),
@@ -129,6 +127,19 @@ def test_numeric_flags_are_refused_as_they_are_read(argv: list[str], flag: str, 
     monkeypatch.chdir(tmp_path)
     err = _refused([str(run_dir) if a == "RUN" else a for a in argv] + [f"{flag}={value}"], capsys)
     assert f"argument {flag}: {value!r} is not allowed" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "ddpm", "--steps", str(10**14)], ["train", "ddpm", "--set", "steps=1e14"],
+    ["train", "ddpm", "--set", f"steps={10**14}"], ["train", "node", "--epochs", str(10**14)],
+    ["train", "node", "--set", f"epochs={10**14}"]])
+def test_a_training_length_of_years_is_refused_by_flag_or_setting(argv: list[str], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = _refused(argv, capsys)
+    assert re.search(r"(steps|epochs)=.* is not allowed", err), err
     assert list(tmp_path.iterdir()) == []
 
 

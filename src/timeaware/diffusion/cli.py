@@ -11,9 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..parsing import COUNT, POSITIVE, SEED, integer
-
-MAX_STEPS = 10**8  # training steps: 77 times the paper's 1.3M; more is a typo that would train for years
+from ..parsing import COUNT, POSITIVE, SEED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick", help="quick | paper (default quick)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a TimeAware / U-Net / training field (repeatable)")
-    parser.add_argument("--steps", type=integer(1, MAX_STEPS), default=None,
+    parser.add_argument("--steps", type=COUNT, default=None,
                         help="training steps (default: the preset's)")
     parser.add_argument("--batch-size", type=COUNT, default=None, help="batch size (default: the preset's)")
     parser.add_argument("--lr", type=POSITIVE, default=None, help="Adam learning rate (default: the preset's)")

@@ -37,6 +37,8 @@ from ..validate import check_int, check_number, check_type
 from .ddpm import Schedule, make_scheduler, simple_loss, to_model_range
 from .unet import UNet, UNetConfig, ddpm_time_config
 
+MAX_STEPS = 10**8  # training steps: 77 times the paper's 1.3M; more is a typo that would train for years
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -56,8 +58,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("batch_size", "checkpoint_every", "log_every"):
             check_int(name, getattr(self, name), 1)
+        check_int("steps", self.steps, 1, MAX_STEPS)
         check_int("warmup", self.warmup, 0)
         check_int("seed", self.seed, 0)
         if self.data_limit is not None:

@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..parsing import COUNT, POSITIVE, SEED, integer, split_pair
+from ..parsing import COUNT, POSITIVE, SEED, split_pair
 from ..resources import launch_rank
 from .run_config import PRESETS, allowed_keys
 
 # flag -> NodeRunConfig / SolverOptions field it overrides
 _FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "limit": "limit", "seed": "seed",
           "data": "data", "method": "method", "rtol": "rtol", "atol": "atol"}
-MAX_EPOCHS = 10**5  # 400 times the paper's 250; more is a typo that would train for years
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="change any setting, e.g. norm=batch, groups=1, positional=linear, channels=32, "
                              "options={\"max_num_steps\":1000}; repeatable")
-    parser.add_argument("--epochs", type=integer(1, MAX_EPOCHS), default=None)
+    parser.add_argument("--epochs", type=COUNT, default=None)
     parser.add_argument("--batch-size", type=COUNT, default=None)
     parser.add_argument("--lr", type=POSITIVE, default=None)
     parser.add_argument("--limit", type=COUNT, default=None, help="train on a fixed subset of N images")

@@ -19,6 +19,9 @@ from .solve import SolverOptions
 PRESETS = ("quick", "paper")
 
 
+MAX_EPOCHS = 10**5  # 400 times the paper's 250; more is a typo that would train for years
+
+
 @dataclass(frozen=True)
 class NodeRunConfig:
     """One training run. Defaults are the paper's recipe (section 4.1); ``preset("quick")`` shrinks it."""
@@ -46,8 +49,9 @@ class NodeRunConfig:
     threads: int | None = None    # intra-op CPU threads (None: torch's default); see preset("quick")
 
     def __post_init__(self) -> None:
-        for name in ("channels", "epochs", "batch_size", "patience"):
+        for name in ("channels", "batch_size", "patience"):
             check_positive(name, getattr(self, name))
+        check_int("epochs", self.epochs, 1, MAX_EPOCHS)
         for name in ("limit", "test_limit", "size", "threads"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
