@@ -104,9 +104,10 @@ def read_classifier_info(path: str | Path, data: str, shape: list[int], num_clas
     the first field that differs. Cheap: callers check before sampling."""
     info_path = Path(path).with_suffix(".json")
     info = read_checked(info_path, CLASSIFIER_INFO)
-    expected = {"data": data, "image_shape": shape, "config.in_channels": shape[0], "config.num_classes": num_classes}
-    for field, want in expected.items():
-        got = info["config"][field[7:]] if field.startswith("config.") else info[field]
+    fields = (("data", info["data"], data), ("image_shape", info["image_shape"], shape),
+              ("config.in_channels", info["config"]["in_channels"], shape[0]),
+              ("config.num_classes", info["config"]["num_classes"], num_classes))
+    for field, got, want in fields:
         if got != want:
             raise ValueError(f"--classifier {info_path}: field {field} is {got!r} but the images it would score need "
                              f"{want!r} ({data} {shape}, {num_classes} classes); give another --classifier path")
