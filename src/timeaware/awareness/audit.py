@@ -50,7 +50,8 @@ def audit(model: nn.Module, x: torch.Tensor, timesteps: Sequence[float] | torch.
     mode        "train" | "eval" for the audit (restored afterwards) | "keep" the model's own
     derivative  estimate mean |∂output/∂t| with one extra pass; None: only for floating timesteps
     chunk_size  at most this many inputs per call (default N)
-    Non-finite inputs, weights or outputs are errors naming the first place they appear, never "no time".
+    Non-finite inputs, weights or outputs are errors naming the first place they appear, never "no time"
+    (weights are searched once an output is not finite).
     """
     spec = _check(model, x, timesteps, call, extras, batching, mode, derivative, chunk_size, only_layers)
     model = unwrapped(model)  # hooks on a compiled model's own modules, run eagerly
@@ -230,7 +231,13 @@ def _call(fn: ModelCall | CallFn, model: nn.Module, x: torch.Tensor, t: torch.Te
 
 def _first_nonfinite(model: nn.Module, fn: ModelCall | CallFn, x: torch.Tensor, t: torch.Tensor,
                      extras: dict[str, torch.Tensor], hooked: dict[str, nn.Module]) -> str:
-    """Name the first module (in execution order) whose output holds NaN or inf, by re-running one call."""
+    """Name the first weight, else the first module (in execution order), holding NaN or inf (re-running one call).
+
+    Weights are looked at only here, once an output is not finite: a clean audit does not pay a pass over them.
+    """
+    for name, value in (*model.named_parameters(), *model.named_buffers()):
+        if value.is_floating_point() and not _finite(value):
+            return f"the model's {name} holds NaN or inf; the audit needs finite weights"
     found: list[str] = []
 
     def hook(name: str) -> Callable[..., None]:
@@ -344,9 +351,6 @@ def _check(model: nn.Module, x: Any, timesteps: Any, call: Any, extras: Any, bat
             raise ValueError(f"extra input {name!r} must be a tensor with one row per input ({x.shape[0]})")
         if value.is_floating_point() and not _finite(value):
             raise ValueError(f"extra input {name!r} holds NaN or inf; the audit needs finite inputs")
-    for name, value in (*model.named_parameters(), *model.named_buffers()):
-        if value.is_floating_point() and not _finite(value):
-            raise ValueError(f"the model's {name} holds NaN or inf; the audit needs finite weights")
     if not (callable(call) or isinstance(call, (str, ModelCall))):
         raise ValueError(f"call={call!r} is not allowed; give a ModelCall, a convention name or a callable")
     fn = call if callable(call) and not isinstance(call, ModelCall) else as_call(call)
