@@ -144,7 +144,9 @@ def test_a_training_length_of_years_is_refused_by_flag_or_setting(argv: list[str
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--mem-gb", "nan"), ("--mem-gb", "inf"), ("--time", "-1"),
-                                             ("--cpus-per-cell", "0"), ("--array-parallelism", "0")])
+                                             ("--cpus-per-cell", "0"), ("--array-parallelism", "0"),
+                                             ("--time", "1000000000"), ("--mem-gb", "1e12"),
+                                             ("--gpus-per-cell", "100000"), ("--cpus-per-cell", str(2**40))])
 def test_executor_flags_are_checked_with_status_too(flag: str, value: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,6 +197,10 @@ def test_hostile_sweep_files_are_one_line_naming_the_file(tmp_path: Path) -> Non
     ("[" * 5000 + "]" * 5000, r"--executor-config .*config\.json: JSON nested deeper than 64 levels"),
     (b"\xff\xfe{}", r"--executor-config .*config\.json: not valid JSON"),
     (json.dumps({"sbatch": {"qos": {"nested": 1}}}), r"executor setting sbatch=.* must map sbatch options to strings"),
+    (json.dumps({"time_min": 10**9}), r"executor setting time_min=1000000000 is not allowed; it must be from 1 to "
+                                      r"525,600 minutes"),
+    (json.dumps({"mem_gb": 1e300}), r"executor setting mem_gb=1e\+300 is not allowed; it must be from 0.001 to "
+                                    r"1,048,576 GB"),
 ])
 def test_a_hostile_executor_config_is_one_line(content: str | bytes, message: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch,

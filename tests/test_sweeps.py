@@ -82,6 +82,7 @@ def test_status_shows_each_cell_and_the_table_so_far(tmp_path, capsys):
     store.put({"key": key("GN"), "setting": "GN", **labels, "config": config(), "test_acc": 50.0, "nfe_forward": 26})
     store.put({"key": key("BN"), "setting": "BN", **labels, "config": config(norm="batch"),
                "error": "SolverError: max_num_steps exceeded"})
+    (tmp_path / "sweep.json").write_text(json.dumps({"cells": [key(s) for s in ("GN", "BN", "GN + positional")]}))
     with store.running(key("GN + positional"), "slurm job 7_2"):
         assert main(["reproduce", "node-norm", "--out", str(tmp_path), "--status"]) == 0
     out = capsys.readouterr().out
@@ -99,9 +100,18 @@ def test_status_shows_each_cell_and_the_table_so_far(tmp_path, capsys):
     assert "interrupted (slurm job 7_2)" in format_status(status(tmp_path))
 
 
+def test_status_of_a_folder_that_holds_no_sweep_is_an_error_and_writes_nothing(tmp_path, capsys):
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        if folder.name == "empty":
+            folder.mkdir()
+        assert main(["reproduce", "node-norm", "--out", str(folder), "--status"]) == 2
+        assert f"{folder}: no sweep.json" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.rglob("*")] == ["empty"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--executor", "pbs"], "--executor 'pbs' is not allowed; choose one of local, slurm, ray"),
-    (["--jobs", "0"], "timeaware reproduce: argument --jobs: '0' is not allowed; give an integer >= 1"),
+    (["--jobs", "0"], "timeaware reproduce: argument --jobs: '0' is not allowed; give an integer from 1 to 1024"),
     (["--executor", "slurm", "--jobs", "2"], "executor setting 'jobs' does not apply to slurm"),
     (["--executor", "slurm", "--sbatch", "qos"], "--sbatch 'qos' is not of the form key=value, e.g. --sbatch qos=high"),
     (["--executor-config", "missing.json"], "--executor-config missing.json: no such file"),

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data import check_source
-from ..parsing import COUNT, POSITIVE, integer, split_pair
+from ..parsing import integer, real, split_pair
 from ..paths import check_output
-from .executors import EXECUTORS, make_executor, read_settings
+from .executors import EXECUTORS, RANGES, make_executor, read_settings
 from .registry import EXPERIMENTS, PRESETS, get_experiment
 from .sweep import Executor, StatusOnly, format_status, status
 
@@ -24,6 +24,12 @@ FLAGS = {"jobs": "jobs", "cpus_per_cell": "cpus", "gpus_per_cell": "gpus", "part
          "time": "time_min", "account": "account", "mem_gb": "mem_gb", "array_parallelism": "array_parallelism",
          "ray_address": "address"}
 MAX_SEEDS = 1000  # runs per setting; each is a training run
+
+
+def _bounded(setting: str) -> Any:
+    """The argparse type of an integer executor setting, in its range (``executors.RANGES``)."""
+    low, high = RANGES[setting]
+    return integer(int(low), int(high))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,14 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show each cell's state and the table so far; run nothing")
     run = parser.add_argument_group("where the cells run (docs/sweeps.md)")
     run.add_argument("--executor", default="local", help=f"{' | '.join(EXECUTORS)} (default local)")
-    run.add_argument("--jobs", type=COUNT, default=None, help="local: cells run side by side (default 1)")
-    run.add_argument("--cpus-per-cell", type=COUNT, default=None, help="slurm, ray: CPUs per cell (default 1)")
-    run.add_argument("--gpus-per-cell", type=integer(0), default=None, help="slurm, ray: GPUs per cell (default 0)")
+    run.add_argument("--jobs", type=_bounded("jobs"), default=None,
+                     help="local: cells run side by side (default 1)")
+    run.add_argument("--cpus-per-cell", type=_bounded("cpus"), default=None,
+                     help="slurm, ray: CPUs per cell (default 1)")
+    run.add_argument("--gpus-per-cell", type=_bounded("gpus"), default=None,
+                     help="slurm, ray: GPUs per cell (default 0)")
     run.add_argument("--partition", default=None, help="slurm: partition")
-    run.add_argument("--time", type=COUNT, default=None, help="slurm: time limit per cell in minutes (default 1440)")
+    run.add_argument("--time", type=_bounded("time_min"), default=None,
+                     help="slurm: time limit per cell in minutes (default 1440)")
     run.add_argument("--account", default=None, help="slurm: account to charge")
-    run.add_argument("--mem-gb", type=POSITIVE, default=None, help="slurm: memory per cell in GB")
-    run.add_argument("--array-parallelism", type=COUNT, default=None, help="slurm: most cells running at once")
+    run.add_argument("--mem-gb", type=real(*RANGES["mem_gb"], low_open=False), default=None,
+                     help="slurm: memory per cell in GB")
+    run.add_argument("--array-parallelism", type=_bounded("array_parallelism"), default=None,
+                     help="slurm: most cells running at once")
     run.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                      help="slurm: any other sbatch option, e.g. --sbatch qos=high (repeatable)")
     run.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
@@ -77,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     experiment = get_experiment(args.experiment)
     out = args.out or check_output(Path("runs") / f"{args.experiment}-{args.preset}", "folder")  # --out: cli.py
     executor = executor_from(args)  # checked with --status too: a bad flag is said now, not at the next run
-    if args.status:
+    if args.status:  # a folder that holds no sweep is said, not made into one
+        status(out)
         executor = StatusOnly()
     try:
         table = experiment(args.preset, args.seeds, out, args.data, executor=executor)

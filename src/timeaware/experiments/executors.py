@@ -169,6 +169,10 @@ class Ray:
 
 SETTINGS = {"jobs": int, "threads": int, "partition": str, "time_min": int, "account": str, "cpus": int, "gpus": int,
             "mem_gb": float, "array_parallelism": int, "sbatch": dict, "wait": bool, "address": str, "retries": int}
+# the range of each number: far beyond any real node or job, short of values that overflow a scheduler's fields
+RANGES = {"jobs": (1, 1024), "threads": (1, 4096), "time_min": (1, 525_600), "cpus": (1, 4096), "gpus": (0, 64),
+          "mem_gb": (1e-3, 1_048_576), "array_parallelism": (1, 1_000_000), "retries": (1, 1000)}
+UNITS = {"time_min": " minutes (a year)", "mem_gb": " GB"}
 
 
 def make_executor(name: str, settings: dict[str, Any]) -> Executor:
@@ -185,8 +189,10 @@ def make_executor(name: str, settings: dict[str, Any]) -> Executor:
         number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
         if not (number if kind in (int, float) else isinstance(value, kind)):
             raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be {kind.__name__}")
-        if number and not (math.isfinite(value) and value >= (0 if key == "gpus" else 1)):
-            raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be positive and finite")
+        low, high = RANGES.get(key, (1, 1))
+        if number and not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"executor setting {key}={value!r} is not allowed; it must be from {low:g} to "
+                             f"{high:,}{UNITS.get(key, '')}")
         if key == "sbatch" and not all(isinstance(k, str) and isinstance(v, str | int | float) and
                                        not isinstance(v, bool) for k, v in value.items()):
             raise ValueError(f"executor setting sbatch={str(value)[:60]} is not allowed; it must map sbatch options to "
