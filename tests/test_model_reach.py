@@ -6,6 +6,7 @@ block structure and call convention of the originals.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -585,3 +586,35 @@ def test_modern_conditional_diffusers_models_get_their_conditioning_from_their_c
     x, extras = call.example(2)
     call.invoke(Spy(), x, torch.zeros(2), extras)
     assert list(seen) == ["time_ids"] and seen["time_ids"] is extras["added_cond_kwargs.time_ids"]
+
+
+def test_a_shared_input_goes_in_without_a_batch_dimension_and_flux_is_audited_without_warnings(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Flux's RoPE ids are one (L, 3) grid for the batch (diffusers warns per call when given (B, L, 3)): made and
+    sliced as N equal rows like any input, passed as one, and kept through the JSON a fixed model records."""
+    from families import make_diffusers
+
+    seen: list[tuple[int, ...]] = []
+
+    class Grid(nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(ids.shape))
+            return x + ids.sum()
+
+    call = ModelCall(extras=(("ids", Input(shape=(4, 3), shared=True)),), input_shape=(3,))
+    x, extras = call.example(3)
+    assert extras["ids"].shape == (3, 4, 3) and bool((extras["ids"] == extras["ids"][:1]).all())
+    audit(Grid(), x, [0, 1, 2], call=call, extras=extras, batching="mixed", chunk_size=2)
+    assert seen and set(seen) == {(4, 3)}
+    assert ModelCall.from_dict(json.loads(json.dumps(call.to_dict()))) == call
+    flux = make_diffusers("flux").eval()
+    found = describe(flux)
+    assert found.inputs["img_ids"].shared and found.inputs["txt_ids"].shared
+    x, extras = found.example(2)
+    library = logging.getLogger("diffusers")  # it does not propagate to the root logger
+    library.addHandler(caplog.handler)
+    try:
+        audit(flux, x, found.timesteps(3), call=found, extras=extras)
+    finally:
+        library.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]

@@ -27,12 +27,17 @@ MODES = ("train", "eval")
 
 @dataclass(frozen=True)
 class Input:
-    """An extra input, per sample: random normal values of ``shape``, integer labels in [0, high), or a given tensor."""
+    """An extra input, per sample: random normal values of ``shape``, integer labels in [0, high), or a given tensor.
+
+    ``shared``: one value for the whole batch, which the model takes without a batch dimension (Flux's RoPE
+    position ids). It is made and sliced as N equal rows like any input, and ``ModelCall.invoke`` passes one.
+    """
 
     shape: tuple[int, ...] = ()
     kind: str = "normal"
     high: int = 0
     value: torch.Tensor | None = field(default=None, compare=False, repr=False)  # kind="tensor": (N, ...) or (...)
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -46,7 +51,9 @@ class Input:
             raise ValueError("an input of kind 'tensor' needs its value")
 
     def make(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """N rows of this input (a given tensor of one sample is repeated)."""
+        """N rows of this input (a given tensor of one sample is repeated; a shared input is one row, N times)."""
+        if self.shared and self.kind != "tensor":
+            return replace(self, shared=False).make(1, generator).expand(n, *self.shape).clone()
         if self.kind == "labels":
             return torch.randint(0, self.high, (n, *self.shape), generator=generator)
         if self.kind == "normal":
@@ -60,7 +67,8 @@ class Input:
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "tensor":
             raise ValueError("an input given as a tensor is not recorded; save it beside the model instead")
-        return {"shape": list(self.shape), "kind": self.kind, "high": self.high}
+        shared = {"shared": True} if self.shared else {}  # older files hold no such field
+        return {"shape": list(self.shape), "kind": self.kind, "high": self.high, **shared}
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -159,8 +167,10 @@ class ModelCall:
                extras: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``model`` called on x with t of shape (B,) as this description says; returns the output tensor.
 
-        An extra named ``group.key`` goes in as ``group={"key": ...}`` (diffusers' ``added_cond_kwargs``)."""
-        extras = nest(extras or {})
+        An extra named ``group.key`` goes in as ``group={"key": ...}`` (diffusers' ``added_cond_kwargs``); a
+        ``shared`` one as its first row."""
+        shared = {name for name, spec in self.extras if spec.shared}
+        extras = nest({name: v[0] if name in shared else v for name, v in (extras or {}).items()})
         tt: torch.Tensor = t[0] if self.scalar_time else t
         if self.scalar_time and t.numel() > 1 and not bool((t == t[0]).all()):
             raise ValueError("this model takes one scalar t per call; a batch with several t cannot be passed at once")
@@ -255,15 +265,18 @@ def nest(extras: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _input_fields(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) - {"shape", "kind", "high"}:
-        raise ValueError(f"extra input {value!r} is not allowed; give {{shape, kind, high}}")
+    if not isinstance(value, dict) or set(value) - {"shape", "kind", "high", "shared"}:
+        raise ValueError(f"extra input {value!r} is not allowed; give {{shape, kind, high[, shared]}}")
     shape = value.get("shape", [])
     if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
         raise ValueError(f"extra input shape {shape!r} is not allowed; give a list of positive integers")
     high = value.get("high", 0)
     if isinstance(high, bool) or not isinstance(high, int):
         raise ValueError(f"extra input high={high!r} is not allowed; give an integer")
-    return {"shape": tuple(shape), "kind": value.get("kind", "normal"), "high": high}
+    shared = value.get("shared", False)
+    if not isinstance(shared, bool):
+        raise ValueError(f"extra input shared={shared!r} is not allowed; give true or false")
+    return {"shape": tuple(shape), "kind": value.get("kind", "normal"), "high": high, "shared": shared}
 
 
 def holds_time(module: nn.Module) -> bool:

@@ -121,7 +121,8 @@ MODEL_CALL = {  # calling.ModelCall.to_dict(): types and sizes here, the allowed
         "extras": {"type": "object", "additionalProperties": {
             "type": "object", "additionalProperties": False,
             "properties": {"shape": _SHAPE, "kind": {"type": "string"},
-                           "high": {"type": "integer", "minimum": 0, "maximum": INT64_MAX}}}},
+                           "high": {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+                           "shared": {"type": "boolean"}}}},
         "embedding_dim": {"anyOf": [{"type": "null"}, {**_POS, "maximum": MAX_WIDTH}]},
         "concat_dim": {"type": "integer", "minimum": -8, "maximum": 8},
     },

@@ -239,8 +239,8 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
     rope = "img_ids" in names and "txt_ids" in names  # Flux: packed tokens (L, C) with RoPE position ids
     if rope:
         shape = shape or ((16, channels) if isinstance(channels, int) else None)
-        extras["img_ids"] = Input(shape=(16, 3))
-        extras["txt_ids"] = Input(shape=(8, 3))
+        extras["img_ids"] = Input(shape=(16, 3))  # one grid of positions for the batch
+        extras["txt_ids"] = Input(shape=(8, 3), shared=True)
         if get("guidance_embeds"):
             extras["guidance"] = Input()
     if "added_cond_kwargs" in names and getattr(model, "use_additional_conditions", False) is True:  # PixArt-α
