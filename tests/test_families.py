@@ -5,12 +5,14 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from families import (
+    DIFFUSERS_CONFIGS,
     FAMILIES,
     DEFunc,
     DepthCat,
@@ -186,6 +188,16 @@ def test_cfm_mlp_takes_t_as_its_last_input_feature() -> None:
     assert model.net[0].in_features == info.input_shape[0] + 1
     x, t = torch.randn(3, 2), torch.rand(3)
     torch.testing.assert_close(info.run(model, x, t), model(torch.cat([x, t[:, None]], -1)))
+
+
+@pytest.mark.parametrize("name", sorted(DIFFUSERS_CONFIGS))
+def test_each_diffusers_replica_loads_from_the_config_json_it_saves(name: str, tmp_path: Path) -> None:
+    """The folder a user passes: save_config writes every field (out_channels null for Flux, as in the hub's)."""
+    model = make_diffusers(name)
+    model.save_config(tmp_path)
+    loaded, record = load_model(str(tmp_path))
+    assert record["class"] == DIFFUSERS_CONFIGS[name]["_class_name"]  # from_config may build a successor class
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
 
 
 def test_diffusers_conditional_unet_needs_its_encoder_states_and_ada_norm_a_scalar_t() -> None:

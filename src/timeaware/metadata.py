@@ -136,6 +136,7 @@ FIX_RECIPE = {  # repair's fix.json: "base" is checked by specs.build_base, "fix
 RUNNING_MARK = {"type": "object", "properties": {"where": {"type": "string"}, "host": {"type": "string"},
                                                  "pid": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                                                  "since": {"type": "string"}}}
+_OPTIONAL_SIZE = {"anyOf": [{"type": "null"}, _SIZE]}
 _INT_OR_INTS = {"anyOf": [_SIZE, {"type": "array", "items": _SIZE, "minItems": 1}]}
 _OPTIONAL_INT_OR_INTS = {"anyOf": [{"type": "null"}, _INT_OR_INTS]}
 DIFFUSERS_CONFIG = {
@@ -143,17 +144,17 @@ DIFFUSERS_CONFIG = {
     "required": ["_class_name"],
     "properties": {
         "_class_name": {"type": "string"},
-        "sample_size": {"anyOf": [{"type": "null"}, _SIZE, {"type": "array", "items": _SIZE, "minItems": 2,
-                                                              "maxItems": 2}]},
-        "in_channels": _SIZE, "out_channels": _SIZE,
+        "sample_size": {"anyOf": [{"type": "null"}, _SIZE, {"type": "array", "items": _SIZE, "minItems": 1,
+                                                              "maxItems": 3}]},
+        "in_channels": _OPTIONAL_SIZE, "out_channels": _OPTIONAL_SIZE,  # null: as many as in (Flux, Lumina, Mochi)
         "block_out_channels": {"type": "array", "items": _SIZE, "minItems": 1, "maxItems": 16},
         "layers_per_block": _INT_OR_INTS,
-        "norm_num_groups": {"anyOf": [{"type": "null"}, _SIZE]},
+        "norm_num_groups": _OPTIONAL_SIZE,
         "attention_head_dim": _OPTIONAL_INT_OR_INTS,
         "cross_attention_dim": _OPTIONAL_INT_OR_INTS,
         "down_block_types": {"type": "array", "items": {"type": "string"}},
         "up_block_types": {"type": "array", "items": {"type": "string"}},
-        "act_fn": {"type": "string"},
+        "act_fn": {"type": ["string", "null"]},
         "flip_sin_to_cos": {"type": "boolean"},
         "freq_shift": _NUMBER,
         "dropout": {"type": "number", "minimum": 0, "maximum": 1},
