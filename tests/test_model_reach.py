@@ -618,3 +618,52 @@ def test_a_shared_input_goes_in_without_a_batch_dimension_and_flux_is_audited_wi
     finally:
         library.removeHandler(caplog.handler)
     assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+# Tiny configs of diffusers models whose inputs are not a plain (C, H, W) map: video latents (C, F, H, W) with a
+# Conv3d patch (Wan), (F, C, H, W) with a per-frame patch (CogVideoX), a required text mask (Mochi), CLIP image
+# embeddings in added_cond_kwargs (Kandinsky 2.2), four RoPE axes (Flux.2), a caption width named cap_feat_dim
+# with a required mask (Lumina 2); none keeps a sample size but Lumina 2.
+MODERN_DIFFUSERS = {
+    "wan": {"_class_name": "WanTransformer3DModel", "attention_head_dim": 12, "ffn_dim": 32, "in_channels": 4,
+            "num_attention_heads": 2, "num_layers": 1, "out_channels": 4, "patch_size": [1, 2, 2],
+            "rope_max_seq_len": 32, "text_dim": 16},
+    "cogvideox": {"_class_name": "CogVideoXTransformer3DModel", "attention_head_dim": 8, "in_channels": 4,
+                  "max_text_seq_length": 8, "num_attention_heads": 2, "num_layers": 1, "out_channels": 4,
+                  "patch_size": 2, "sample_frames": 8, "sample_height": 8, "sample_width": 8, "text_embed_dim": 8,
+                  "time_embed_dim": 2},
+    "mochi": {"_class_name": "MochiTransformer3DModel", "attention_head_dim": 8, "in_channels": 4,
+              "max_sequence_length": 16, "num_attention_heads": 2, "num_layers": 1, "out_channels": None,
+              "patch_size": 2, "pooled_projection_dim": 16, "text_embed_dim": 16, "time_embed_dim": 4},
+    "kandinsky22": {"_class_name": "UNet2DConditionModel", "addition_embed_type": "image", "attention_head_dim": 2,
+                    "block_out_channels": [8, 16], "cross_attention_dim": 16, "down_block_types": [
+                        "DownBlock2D", "CrossAttnDownBlock2D"], "encoder_hid_dim": 12,
+                    "encoder_hid_dim_type": "image_proj", "in_channels": 4, "layers_per_block": 1,
+                    "norm_num_groups": 4, "out_channels": 4, "sample_size": 8,
+                    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
+    "flux2": {"_class_name": "Flux2Transformer2DModel", "attention_head_dim": 16, "axes_dims_rope": [4, 4, 4, 4],
+              "guidance_embeds": True, "in_channels": 4, "joint_attention_dim": 32, "num_attention_heads": 2,
+              "num_layers": 1, "num_single_layers": 1, "out_channels": None, "patch_size": 1},
+    "lumina2": {"_class_name": "Lumina2Transformer2DModel", "axes_dim_rope": [4, 2, 2], "axes_lens": [128, 128, 128],
+                "cap_feat_dim": 32, "hidden_size": 24, "in_channels": 4, "multiple_of": 2, "num_attention_heads": 3,
+                "num_kv_heads": 1, "num_layers": 1, "num_refiner_layers": 1, "out_channels": None, "patch_size": 2,
+                "sample_size": 8},
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODERN_DIFFUSERS))
+def test_modern_diffusers_models_are_audited_from_their_config_alone(name: str, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """What a user types: ``timeaware audit FOLDER`` with the config.json and nothing else; the input layout,
+    the text width and the masks come from the config and the probe."""
+    (tmp_path / "config.json").write_text(json.dumps(MODERN_DIFFUSERS[name]))
+    assert main(["audit", str(tmp_path), "--samples", "2", "--timesteps", "2", "--json"]) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["layers"] and math.isfinite(report["summary"]["output_time_share"])
+    call = report["call"]
+    shape, extra = {"wan": ([4, 2, 8, 8], "encoder_hidden_states"),
+                    "cogvideox": ([2, 4, 8, 8], "encoder_hidden_states"),
+                    "mochi": ([4, 2, 8, 8], "encoder_attention_mask"),
+                    "kandinsky22": ([4, 8, 8], "added_cond_kwargs.image_embeds"), "flux2": ([16, 4], "img_ids"),
+                    "lumina2": ([4, 8, 8], "encoder_attention_mask")}[name]
+    assert call["input_shape"] == shape and extra in call["extras"]

@@ -21,13 +21,14 @@ from torch import nn
 from .embeddings import TimeDomain, sinusoidal_features
 
 CONVENTIONS = ("xt", "tx", "attr", "concat", "embedding")
-INPUT_KINDS = ("normal", "labels", "tensor")
+INPUT_KINDS = ("normal", "labels", "ones", "tensor")
 MODES = ("train", "eval")
 
 
 @dataclass(frozen=True)
 class Input:
-    """An extra input, per sample: random normal values of ``shape``, integer labels in [0, high), or a given tensor.
+    """An extra input, per sample: random normal values of ``shape``, integer labels in [0, high), ones (an attention
+    mask that keeps every token), or a given tensor.
 
     ``shared``: one value for the whole batch, which the model takes without a batch dimension (Flux's RoPE
     position ids). It is made and sliced as N equal rows like any input, and ``ModelCall.invoke`` passes one.
@@ -58,6 +59,8 @@ class Input:
             return torch.randint(0, self.high, (n, *self.shape), generator=generator)
         if self.kind == "normal":
             return torch.randn(n, *self.shape, generator=generator)
+        if self.kind == "ones":
+            return torch.ones(n, *self.shape, dtype=torch.long)  # 1 = keep (masks are long or bool)
         value = self.value
         assert value is not None
         if value.ndim and value.shape[0] == n and tuple(value.shape[1:]) == self.shape:

@@ -207,6 +207,13 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
     one_d = any(isinstance(m, nn.Conv1d) for m in model.modules()) and not any(
         isinstance(m, nn.Conv2d) for m in model.modules())
     channels, size = get("in_channels"), get("sample_size")
+    if size is None and isinstance(get("sample_height"), int) and isinstance(get("sample_width"), int):
+        size = (get("sample_height"), get("sample_width"))  # CogVideoX, Allegro, EasyAnimate
+    patch = get("patch_size")
+    patches = [v for v in (patch if isinstance(patch, (list, tuple)) else [patch]) if isinstance(v, int) and v > 0]
+    rope = "img_ids" in names and "txt_ids" in names  # Flux: packed tokens (L, C) with RoPE position ids
+    if size is None and not one_d and not rope:  # a transformer that keeps no size: 4 patches a side (probe
+        size = 4 * max(patches or [2])         # tries other layouts)
     shape: tuple[int, ...] | None = None
     if isinstance(channels, int) and size is not None:
         if one_d:
@@ -214,20 +221,34 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         else:
             shape = (channels, *((size, size) if isinstance(size, int) else tuple(size)))
     kind = type(model).__name__
-    if shape is not None and kind == "UNet3DConditionModel":  # video: (C, F, H, W), two frames
-        shape = (shape[0], 2, *shape[1:])
-    elif shape is not None and kind == "UNetSpatioTemporalConditionModel":  # SVD: (F, C, H, W)
+    frames = any(isinstance(m, nn.Conv3d) for m in model.modules()) or get("sample_frames") is not None
+    if shape is not None and kind == "UNetSpatioTemporalConditionModel":  # SVD: (F, C, H, W)
         shape = (2, *shape)
+    elif shape is not None and len(shape) == 3 and (frames or kind == "UNet3DConditionModel"):
+        time_patch = get("patch_size_t") or (patches[0] if len(patches) == 3 else 1)
+        shape = (shape[0], 2 * int(time_patch), *shape[1:])  # video: (C, F, H, W), two frames (patches)
     extras: dict[str, Input] = {}
     if "added_time_ids" in names and kind == "UNetSpatioTemporalConditionModel":
         extras["added_time_ids"] = Input(shape=(3,))  # SVD's fps, motion bucket and noise augmentation
     # the text embedding's width: what the model projects from (PixArt's caption_channels, SD3's
     # joint_attention_dim, a U-Net's encoder_hid_dim) or else what its cross-attention reads
-    width = next((w for k in ("caption_channels", "encoder_hid_dim", "joint_attention_dim", "cross_attention_dim")
+    width = next((w for k in ("caption_channels", "encoder_hid_dim", "joint_attention_dim", "text_embed_dim",
+                              "text_dim", "context_in_dim", "text_in_dim", "cap_feat_dim", "cross_attention_dim")
                   if (w := get(k)) is not None), None)
     width = width[0] if isinstance(width, (list, tuple)) else width
     if "encoder_hidden_states" in names and isinstance(width, int):
         extras["encoder_hidden_states"] = Input(shape=(8, width))
+        required = {p.name for p in forward_parameters(model) if p.default is inspect.Parameter.empty}
+        for mask in required & {"encoder_attention_mask", "encoder_mask"}:  # Mochi, HunyuanVideo, LTX, Lumina
+            extras[mask] = Input(shape=(8,), kind="ones")  # every text token kept
+    image = get("addition_embed_type") in ("image", "text_image") or get("encoder_hid_dim_type") in (
+        "image_proj", "text_image_proj")
+    if "added_cond_kwargs" in names and image:  # Kandinsky 2.x: CLIP image embeddings
+        own = get("addition_embed_type") == "image" or get("encoder_hid_dim_type") == "image_proj"
+        wide = get("encoder_hid_dim") if own else get("cross_attention_dim")
+        wide = wide[0] if isinstance(wide, (list, tuple)) else wide
+        if isinstance(wide, int):
+            extras["added_cond_kwargs.image_embeds"] = Input(shape=(wide,))
     if "pooled_projections" in names and isinstance(get("pooled_projection_dim"), int):  # SD3, Flux
         extras["pooled_projections"] = Input(shape=(get("pooled_projection_dim"),))
     if "added_cond_kwargs" in names and get("addition_embed_type") == "text_time":  # SDXL: pooled text + 6 sizes
@@ -236,11 +257,11 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         if text > 0 and time_ids > 0:
             extras["added_cond_kwargs.text_embeds"] = Input(shape=(text,))
             extras["added_cond_kwargs.time_ids"] = Input(shape=(6,))
-    rope = "img_ids" in names and "txt_ids" in names  # Flux: packed tokens (L, C) with RoPE position ids
     if rope:
         shape = shape or ((16, channels) if isinstance(channels, int) else None)
-        extras["img_ids"] = Input(shape=(16, 3))  # one grid of positions for the batch
-        extras["txt_ids"] = Input(shape=(8, 3), shared=True)
+        axes = len(get("axes_dims_rope") or (0, 0, 0))  # a position id per RoPE axis (Flux 3, Flux.2 4)
+        extras["img_ids"] = Input(shape=(16, axes), shared=True)  # one grid of positions for the batch
+        extras["txt_ids"] = Input(shape=(8, axes), shared=True)
         if get("guidance_embeds"):
             extras["guidance"] = Input()
     if "added_cond_kwargs" in names and getattr(model, "use_additional_conditions", False) is True:  # PixArt-α
@@ -280,7 +301,8 @@ def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) 
     if guessed and call.input_shape and len(call.input_shape) > 1:  # also a channel fewer, smaller maps
         c, space = call.input_shape[0], call.input_shape[1:]
         smaller = [tuple(max(1, s // d) for s in space) for d in (1, 2, 4)]
-        shapes = list(dict.fromkeys((ch, *sp) for sp in smaller for ch in (c, c - 1) if ch >= 1))
+        shapes = list(dict.fromkeys([*((ch, *sp) for sp in smaller for ch in (c, c - 1) if ch >= 1),
+                                     *_layouts(call.input_shape)]))
     first: BaseException | None = None
     was = model.training
     try:
@@ -309,6 +331,17 @@ def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) 
         hint = "the model makes float32 tensors inside its forward, so it cannot run in float64: audit it in float32"
     raise ValueError(f"calling {type(model).__name__} as {call.name} on inputs of shape {shape} failed: "
                      f"{_first_line(first or RuntimeError())}; {hint}") from None
+
+
+def _layouts(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Other layouts of a guessed (C, ...) input that models of the same config use: a map as video frames,
+    (C, F, H, W) or (F, C, H, W) (CogVideoX), or as 16 packed tokens (L, C); video frames first."""
+    c, *space = shape
+    if len(space) == 2:
+        return [(c, 2, *space), (2, c, *space), (16, c)]
+    if len(space) == 3:
+        return [(space[0], c, *space[1:])]
+    return []
 
 
 def _hint(model: nn.Module, call: ModelCall) -> str:
