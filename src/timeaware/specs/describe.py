@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -204,29 +205,9 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
     def get(key: str, default: Any = None) -> Any:
         return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
 
-    one_d = any(isinstance(m, nn.Conv1d) for m in model.modules()) and not any(
-        isinstance(m, nn.Conv2d) for m in model.modules())
-    channels, size = get("in_channels"), get("sample_size")
-    if size is None and isinstance(get("sample_height"), int) and isinstance(get("sample_width"), int):
-        size = (get("sample_height"), get("sample_width"))  # CogVideoX, Allegro, EasyAnimate
-    patch = get("patch_size")
-    patches = [v for v in (patch if isinstance(patch, (list, tuple)) else [patch]) if isinstance(v, int) and v > 0]
-    rope = "img_ids" in names and "txt_ids" in names  # Flux: packed tokens (L, C) with RoPE position ids
-    if size is None and not one_d and not rope:  # a transformer that keeps no size: 4 patches a side (probe
-        size = 4 * max(patches or [2])         # tries other layouts)
-    shape: tuple[int, ...] | None = None
-    if isinstance(channels, int) and size is not None:
-        if one_d:
-            shape = (channels, int(size))
-        else:
-            shape = (channels, *((size, size) if isinstance(size, int) else tuple(size)))
     kind = type(model).__name__
-    frames = any(isinstance(m, nn.Conv3d) for m in model.modules()) or get("sample_frames") is not None
-    if shape is not None and kind == "UNetSpatioTemporalConditionModel":  # SVD: (F, C, H, W)
-        shape = (2, *shape)
-    elif shape is not None and len(shape) == 3 and (frames or kind == "UNet3DConditionModel"):
-        time_patch = get("patch_size_t") or (patches[0] if len(patches) == 3 else 1)
-        shape = (shape[0], 2 * int(time_patch), *shape[1:])  # video: (C, F, H, W), two frames (patches)
+    rope = "img_ids" in names and "txt_ids" in names  # Flux: packed tokens (L, C) with RoPE position ids
+    shape = _sample_shape(model, get, rope)
     extras: dict[str, Input] = {}
     if "added_time_ids" in names and kind == "UNetSpatioTemporalConditionModel":
         extras["added_time_ids"] = Input(shape=(3,))  # SVD's fps, motion bucket and noise augmentation
@@ -258,6 +239,7 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
             extras["added_cond_kwargs.text_embeds"] = Input(shape=(text,))
             extras["added_cond_kwargs.time_ids"] = Input(shape=(6,))
     if rope:
+        channels = get("in_channels")
         shape = shape or ((16, channels) if isinstance(channels, int) else None)
         axes = len(get("axes_dims_rope") or (0, 0, 0))  # a position id per RoPE axis (Flux 3, Flux.2 4)
         extras["img_ids"] = Input(shape=(16, axes), shared=True)  # one grid of positions for the batch
@@ -291,6 +273,35 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         domain = UNIT_INTERVAL
     return ModelCall(convention="xt", time_arg="timestep", domain=domain, input_shape=shape,
                      extras=tuple(extras.items()))
+
+
+def _sample_shape(model: nn.Module, get: Callable[[str], Any], rope: bool) -> tuple[int, ...] | None:
+    """One input's shape from a diffusers config: (C, L) for 1-D models, (C, H, W) from ``sample_size`` (or
+    ``sample_height``/``sample_width``), video as (C, F, H, W) with two frames (SVD: (F, C, H, W)); a
+    transformer that keeps no size gets 4 patches a side (``probe`` tries other layouts); None for Flux's
+    packed tokens (set by the caller) or an unknown channel count."""
+    one_d = any(isinstance(m, nn.Conv1d) for m in model.modules()) and not any(
+        isinstance(m, nn.Conv2d) for m in model.modules())
+    channels, size = get("in_channels"), get("sample_size")
+    if size is None and isinstance(get("sample_height"), int) and isinstance(get("sample_width"), int):
+        size = (get("sample_height"), get("sample_width"))  # CogVideoX, Allegro, EasyAnimate
+    patch = get("patch_size")
+    patches = [v for v in (patch if isinstance(patch, (list, tuple)) else [patch]) if isinstance(v, int) and v > 0]
+    if size is None and not one_d and not rope:
+        size = 4 * max(patches or [2])
+    if not isinstance(channels, int) or size is None:
+        return None
+    if one_d:
+        return (channels, int(size))
+    shape = (channels, *((size, size) if isinstance(size, int) else tuple(size)))
+    kind = type(model).__name__
+    if kind == "UNetSpatioTemporalConditionModel":  # SVD: (F, C, H, W)
+        return (2, *shape)
+    frames = any(isinstance(m, nn.Conv3d) for m in model.modules()) or get("sample_frames") is not None
+    if len(shape) == 3 and (frames or kind == "UNet3DConditionModel"):
+        time_patch = get("patch_size_t") or (patches[0] if len(patches) == 3 else 1)
+        return (channels, 2 * int(time_patch), *shape[1:])  # video: (C, F, H, W), two frames (patches)
+    return shape
 
 
 def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) -> ModelCall:
@@ -339,8 +350,8 @@ def _layouts(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     c, *space = shape
     if len(space) == 2:
         return [(c, 2, *space), (2, c, *space), (16, c)]
-    if len(space) == 3:
-        return [(space[0], c, *space[1:])]
+    if len(space) == 3:  # (C, F, H, W): (F, C, H, W), or a map after all
+        return [(space[0], c, *space[1:]), (c, *space[1:])]
     return []
 
 
