@@ -1,5 +1,7 @@
+import math
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +10,9 @@ from torch import nn
 
 from timeaware.data import load_images
 from timeaware.experiments.store import ResultStore, markdown_table, mean_std
-from timeaware.io import load_tensors, save_tensors
+from timeaware.io import load_tensors, read_json, save_tensors
 from timeaware.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from timeaware.validate import check_number
 
 
 def _train_state(seed=0):
@@ -143,3 +146,17 @@ def test_npz_labels_of_shape_n_by_1_are_flattened_and_bad_labels_refused(tmp_pat
     for split in ("train", "test"):  # the splits are checked together: one file, one set of classes
         with pytest.raises(ValueError, match="y_test labels go down to -1; allowed: integers 0 to"):
             load_images(str(path), split)
+
+
+def test_an_integer_that_overflows_a_float_is_refused_where_json_is_read_naming_the_field(tmp_path: Path) -> None:
+    """A run's state.json or a sweep's cell record with lr = 10**400 was an OverflowError in whoever made it a
+    float; NaN and infinities stay (a scheduler keeps mode_worse = inf) for the field checks to judge."""
+    path = tmp_path / "state.json"
+    path.write_text('{"config": {"lr": 1' + "0" * 400 + ', "eps": NaN, "worse": Infinity}}')
+    with pytest.raises(ValueError, match=r"state\.json: field config\.lr: an integer of 401 digits is not allowed"):
+        read_json(path)
+    path.write_text('{"config": {"lr": 1' + "0" * 30 + ', "eps": NaN, "worse": Infinity}}')
+    config = read_json(path)["config"]
+    assert config["lr"] == 10**30 and math.isnan(config["eps"]) and config["worse"] == math.inf
+    with pytest.raises(ValueError, match=r"lr=10+\.\.\. \(401 characters\) is not allowed"):
+        check_number("lr", 10**400, 0.0)

@@ -7,10 +7,10 @@ Validation happens here, once, so every block can trust its config.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from .io import loads
 from .parsing import split_pair
 from .validate import check_number, check_type, check_width, choice
 
@@ -110,8 +110,8 @@ def parse_setting(key: str, value: Any, current: Any) -> Any:
             return tuple(int(v) for v in value.split(",") if v)
         if isinstance(current, float):
             return float(value)
-        return json.loads(value)
-    except ValueError:  # json.JSONDecodeError is one
+        return loads(value)
+    except ValueError:  # json.JSONDecodeError is one, as is a NaN or an overflowing number
         if current is None:
             expected = "a number, true, false, none or JSON"
         elif isinstance(current, tuple):

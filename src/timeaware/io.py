@@ -98,6 +98,36 @@ MAX_JSON_BYTES = 64 << 20  # metadata, not data: a larger file is a mistake or a
 MAX_JSON_DEPTH = 64        # the deepest the project writes is 5; deeper would make readers recurse
 
 
+MAX_JSON_INTEGER = 10**300  # beyond it an integer overflows when a reader makes it a float
+
+
+def loads(text: str) -> Any:
+    """JSON text whose integers a reader can use: one of hundreds of digits (which overflows when made a float)
+    is a one-line ValueError naming the field, not an OverflowError in whoever reads it. NaN and infinities
+    stay: some fields hold them (a scheduler's ``mode_worse``), and the checks of the others refuse them."""
+    value = json.loads(text)
+    found = _huge_integer(value)
+    if found is not None:
+        where, digits = found
+        raise ValueError(f"field {where or '(top level)'}: an integer of {digits} digits is not allowed; JSON "
+                         "metadata holds integers up to 10**300")
+    return value
+
+
+def _huge_integer(value: Any) -> tuple[str, int] | None:
+    """The dotted path of the first integer in ``value`` beyond ``MAX_JSON_INTEGER``, and its digit count."""
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        where, item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            todo.extend((f"{where}.{i}" if where else str(i), v) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, int) and not -MAX_JSON_INTEGER <= item <= MAX_JSON_INTEGER:
+            return where, len(str(abs(item)))
+    return None
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON metadata file; too large, too deeply nested or malformed gives a one-line ValueError naming it."""
     path = Path(path)
@@ -108,9 +138,11 @@ def read_json(path: str | Path) -> Any:
                          f"(at most {MAX_JSON_BYTES:,})")
     too_deep = f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels"
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err.__class__.__name__}: {err})") from None
+    except ValueError as err:  # a number no reader can use
+        raise ValueError(f"{path}: {err}") from None
     except RecursionError:
         raise ValueError(too_deep) from None
     if json_depth(value) > MAX_JSON_DEPTH:

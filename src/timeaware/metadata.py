@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .io import read_json
+from .io import loads, read_json
 from .resources import FLOAT, check_memory, unet_size
 from .validate import INT64_MAX, MAX_MAP, MAX_WIDTH
 
@@ -89,9 +89,14 @@ CLASSIFIER_INFO = {
         "test_accuracy": {"type": "number", "minimum": 0, "maximum": 1},
     },
 }
-_MAYBE_NUMBER = {"type": ["number", "null"]}
+_MAYBE_NUMBER = {"type": ["number", "null"], "minimum": -1e300, "maximum": 1e300}  # a mean of such cannot overflow
 SWEEP_FILE = {"type": "object", "required": ["cells"],
               "properties": {"cells": {"type": "array", "items": {"type": "string"}}}}
+# the numbers the experiments record and their tables average (node, needs_time, ddpm, ddpm_time)
+METRIC_FIELDS = ("test_acc", "frozen_acc", "nfe_forward", "nfe_backward", "interior_survival_mean", "time_share_pct",
+                 "wall_time", "loss", "fd_classifier", "fid", "is", "train_s", "eval_s", "unexplained", "fit_error",
+                 "frozen", "endpoint", "nfe", "survival", "loss_true", "loss_random", "loss_shifted",
+                 "random_over_true")
 CELL_RECORD = {  # a sweep cell's result: the fields the tables and plots read
     "type": "object",
     "required": ["key"],
@@ -100,8 +105,8 @@ CELL_RECORD = {  # a sweep cell's result: the fields the tables and plots read
         "data": {"type": "string"}, "setting": {"type": "string"}, "seed": _NONNEG,
         "config": {"type": "object", "properties": {"channels": _POS, "model": {
             "type": "object", "properties": {"groups": _POS}}}},
-        **{name: _MAYBE_NUMBER for name in ("test_acc", "loss", "fd_classifier", "fid", "is",
-                                             "interior_survival_mean", "train_s", "eval_s")},
+        **{name: _MAYBE_NUMBER for name in METRIC_FIELDS},
+        "time_use": {"type": "array", "items": {"type": "object", "additionalProperties": _MAYBE_NUMBER}},
         "scores": {"type": "array", "items": {"type": "object", "required": ["metric", "value", "protocol"],
                                               "properties": {"metric": {"type": "string"}, "value": _MAYBE_NUMBER,
                                                              "protocol": {"type": "object"}}}},
@@ -180,9 +185,11 @@ def read_checked(path: str | Path, schema: dict[str, Any]) -> Any:
 def parse_record(line: str, schema: dict[str, Any], source: str) -> Any:
     """One JSONL line checked against ``schema``; None for a torn line (a crash mid-append), which readers skip."""
     try:
-        value = json.loads(line)
+        value = loads(line)
     except (json.JSONDecodeError, RecursionError):
         return None
+    except ValueError as err:  # a whole line, with a number no reader can use
+        raise ValueError(f"{source}: {err}") from None
     return check(value, schema, source)
 
 

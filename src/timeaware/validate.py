@@ -59,11 +59,12 @@ def check_positive(name: str, value: object) -> None:
 
 def check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
     """A finite real number in [low, high) (or (low, high) with ``low_open``), else a one-line ValueError."""
-    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and value < high)
+    ok = (not isinstance(value, bool) and isinstance(value, int | float) and abs(value) < 1e308  # ints: no float()
+          and math.isfinite(value) and (value > low if low_open else value >= low) and value < high)
     if not ok:
         bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {bounds}")
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:24]}... ({len(repr(value))} characters)"
+        raise ValueError(f"{name}={shown} is not allowed; it must be a finite number {bounds}")
 
 
 def check_type(name: str, value: Any, allowed: Any) -> None:
