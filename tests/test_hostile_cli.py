@@ -251,3 +251,56 @@ def test_an_input_given_twice_is_refused_before_the_model_is_built_or_a_file_rea
         err = _refused(argv, capsys)
         assert "--input y=... is given more than once" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["sample", "runs/x", "--out", ""], ["fix", "node-func", "--out", " "],
+                                  ["train", "node", "--out", ""], ["time-use", "runs/x", "--out", ""],
+                                  ["reproduce", "node-norm", "--out", "", "--status"],
+                                  ["evaluate", "runs/x", "--out", ""]])
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder(argv: list[str], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "argument --out: '" in _refused(argv, capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_file_that_is_no_regular_file_or_an_input_too_large_is_refused_before_reading(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    fifo = tmp_path / "f.safetensors"
+    os.mkfifo(fifo)  # opening it to read would block until someone writes
+    assert f"{fifo} is not a regular file" in _refused(["audit", "node-func", "--input", f"y={fifo}"], capsys)
+    err = _refused(["audit", "node-func", "--samples", "2", "--input", "foo=1000000,1000000"], capsys)
+    assert "with foo of shape 1000000,1000000 needs about" in err
+
+
+def test_the_tracer_gives_the_model_a_contiguous_batch_and_says_its_failure_in_one_line() -> None:
+    """HunyuanDiT views its image_meta_size (a contiguous batch in its pipeline); a model the tracer cannot run
+    is a ValueError the audit CLI reports as 'untraced', not a traceback after the audit."""
+    import torch
+    from torch import nn
+
+    from timeaware.awareness.trace import trace_time
+
+    class Meta(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.time, self.norm = nn.Linear(1, 4), nn.GroupNorm(4, 4)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+            assert meta.view(-1).numel() == 2 * x.shape[0]
+            return self.norm(x + self.time(t.float()[:, None])[:, :, None, None] + meta.sum())
+
+    call = ModelCall(input_shape=(4, 3, 3), extras=(("meta", Input(shape=(2,))),))
+    x, extras = call.example(2)
+    assert {s.norm for s in trace_time(Meta(), call, x, torch.tensor([0, 999]), extras).sites} == {"norm"}
+
+    class Broken(Meta):
+        def forward(self, x: torch.Tensor, t: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("view size is not compatible with input tensor's size and stride\nmore")
+
+    with pytest.raises(ValueError, match=r"^tracing t failed: the model raised RuntimeError: view size is not "
+                                         r"compatible with input tensor's size and stride$"):
+        trace_time(Broken(), call, x, torch.tensor([0, 999]), extras)

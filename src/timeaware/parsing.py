@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 from .validate import INT64_MAX
 
@@ -80,6 +81,14 @@ def real(low: float = 0.0, high: float = math.inf, low_open: bool = True) -> Cal
             raise argparse.ArgumentTypeError(f"{_shown(text)} is not allowed; give a finite number {bounds}")
         return value
     return parse
+
+
+def nonempty_path(text: str) -> Path:
+    """An argparse ``type`` for a path: an empty one is refused (``Path("")`` is the current folder, which the
+    user did not name)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; give a path")
+    return Path(text)
 
 
 def _shown(text: str, limit: int = 40) -> str:

@@ -149,8 +149,12 @@ def trace_time(model: nn.Module, call: ModelCall, x: torch.Tensor, t: torch.Tens
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        branch, functional = _time_branch(model, call, x[:2], t[:2],
-                                          {k: v.expand(2, *v.shape[1:]) for k, v in one.items()})
+        try:  # the same conditioning row twice, contiguous as a batch would be (HunyuanDiT views it)
+            branch, functional = _time_branch(model, call, x[:2], t[:2],
+                                              {k: v.expand(2, *v.shape[1:]).contiguous() for k, v in one.items()})
+        except (RuntimeError, TypeError, IndexError) as err:  # the model's own error, in one line
+            line = (str(err).strip().splitlines() or [""])[0]
+            raise ValueError(f"tracing t failed: the model raised {type(err).__name__}: {line}") from err
         traced = t[1:2]
         if not t.is_floating_point() and not branch:  # nothing depends on t alone: follow t itself, as a float
             traced = t[1:2].to(model_dtype(model))

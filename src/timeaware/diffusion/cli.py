@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..parsing import COUNT, POSITIVE, SEED
+from ..parsing import COUNT, POSITIVE, SEED, nonempty_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=COUNT, default=None, help="batch size (default: the preset's)")
     parser.add_argument("--lr", type=POSITIVE, default=None, help="Adam learning rate (default: the preset's)")
     parser.add_argument("--seed", type=SEED, default=None, help="random seed (default: the preset's, 0)")
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/ddpm-PRESET)")
+    parser.add_argument("--out", type=nonempty_path, default=None, help="run folder (default runs/ddpm-PRESET)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
                         help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "
                              "fresh when --out has none) or from a checkpoint / run folder")

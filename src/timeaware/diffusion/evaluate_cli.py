@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..parsing import nonempty_path
 from .metrics import METRICS, Protocol
 from .sample_cli import add_sampling_arguments
 
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default runs/classifiers/DATA-SIZE.safetensors)")
     parser.add_argument("--inception-weights", type=Path, default=None,
                         help="local pt_inception-2015-12-05 weights for FID / IS (needs timeaware[fid])")
-    parser.add_argument("--out", type=Path, default=None, help="also write the records to this JSON file")
+    parser.add_argument("--out", type=nonempty_path, default=None, help="also write the records to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:

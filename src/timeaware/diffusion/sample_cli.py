@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..parsing import COUNT, SEED, integer
+from ..parsing import COUNT, SEED, integer, nonempty_path
 from .ddpm import SAMPLERS, Schedule
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a run folder (its latest checkpoint) or a checkpoint folder")
     add_sampling_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="folder for 00000.png ... and grid.png")
+    parser.add_argument("--out", type=nonempty_path, required=True, help="folder for 00000.png ... and grid.png")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, num: int = 64) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import check_source
-from ..parsing import integer, real, split_pair
+from ..parsing import integer, nonempty_path, real, split_pair
 from ..paths import check_output
 from .executors import EXECUTORS, RANGES, make_executor, read_settings
 from .registry import EXPERIMENTS, PRESETS, get_experiment
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="quick", help=f"scale: {' | '.join(PRESETS)} (default quick)")
     parser.add_argument("--seeds", type=integer(1, MAX_SEEDS), default=1,
                         help=f"runs per setting, 1 to {MAX_SEEDS} (default 1)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/EXPERIMENT-PRESET)")
+    parser.add_argument("--out", type=nonempty_path, default=None,
+                        help="output folder (default runs/EXPERIMENT-PRESET)")
     parser.add_argument("--data", default=None,
                         help="dataset: digits (built in), cifar10 (the .npz named by TIMEAWARE_CIFAR10), "
                              "or a path to a .npz")

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from ..diffusion.ddpm import Schedule
 from ..io import atomic_write, atomic_write_text, staged_folder, write_json
-from ..parsing import COUNT, SEED, integer
+from ..parsing import COUNT, SEED, integer, nonempty_path
 from ..paths import check_output
 from ..validate import check_int, choice
 
@@ -246,7 +246,7 @@ def plot(kind: str, rows: list[dict[str, Any]], path: Path, title: str = "") -> 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", type=Path,
                         help="a timeaware run folder (train node / train ddpm) or checkpoint")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN/time-use)")
+    parser.add_argument("--out", type=nonempty_path, default=None, help="output folder (default RUN/time-use)")
     parser.add_argument("--limit", type=COUNT, default=None, help="use the first N test images (default all)")
     parser.add_argument("--bins", type=integer(1, MAX_BINS), default=10,
                         help=f"DDPM: t-bins over 0..T-1, 1 to {MAX_BINS} (default 10)")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..parsing import COUNT, POSITIVE, SEED, split_pair
+from ..parsing import COUNT, POSITIVE, SEED, nonempty_path, split_pair
 from ..resources import launch_rank
 from .run_config import PRESETS, allowed_keys
 
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=POSITIVE, default=None)
     parser.add_argument("--limit", type=COUNT, default=None, help="train on a fixed subset of N images")
     parser.add_argument("--seed", type=SEED, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/node-PRESET)")
+    parser.add_argument("--out", type=nonempty_path, default=None, help="run folder (default runs/node-PRESET)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|CHECKPOINT",
                         help="continue the run in --out from its latest checkpoint (also: --resume latest; starts "
                              "fresh when --out has none) or from a checkpoint / run folder")

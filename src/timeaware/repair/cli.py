@@ -14,9 +14,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..parsing import COUNT
+from ..parsing import COUNT, nonempty_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .fix import POSITIONAL_FORMS
 
     add_model_arguments(parser, samples=8)
-    parser.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, fix.json, report.json")
+    parser.add_argument("--out", type=nonempty_path, required=True,
+                        help="folder for model.safetensors, fix.json, report.json")
     parser.add_argument("--positional", choices=POSITIONAL_FORMS, default=None,
                         help="add a positional timestep embedding (a block given a time embedding gets mlp)")
     parser.add_argument("--zero-bias", action="store_true", help="zero the bias of each site's operand conv")

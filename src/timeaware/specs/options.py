@@ -110,8 +110,11 @@ def resolve(args: argparse.Namespace) -> Resolved:
     if call.input_shape is None:
         raise ValueError(f"the input shape of {args.model!r} is unknown; give --input-shape, e.g. 3,32,32 or 2,64")
     per_input = math.prod(call.input_shape) * torch.finfo(dtype).bits // 8
-    check_memory(args.samples * per_input * (args.timesteps + 4),  # inputs, plus the audit's per-layer sums
-                 f"--samples {args.samples} inputs of shape {','.join(map(str, call.input_shape))}")
+    extra = sum(math.prod(spec.shape) * 8 for _, spec in call.extras if spec.kind != "tensor")  # made per input
+    check_memory(args.samples * (per_input * (args.timesteps + 4) + extra),  # inputs, the audit's per-layer sums
+                 f"--samples {args.samples} inputs of shape {','.join(map(str, call.input_shape))}"
+                 + "".join(f" with {name} of shape {','.join(map(str, spec.shape))}" for name, spec in call.extras
+                           if spec.kind != "tensor" and spec.shape))
     call = probe(model, call, guessed=not args.input_shape)
     x, extras = call.example(args.samples, args.seed, dtype)
     return Resolved(model, record, call, x, extras, call.timesteps(args.timesteps))
@@ -153,6 +156,8 @@ def _extra(text: str, samples: int) -> tuple[str, Input]:
         check_int(f"--input {name}=labels:K", high, 1)
         return name, Input(kind="labels", high=high)
     if value.endswith(".safetensors"):
+        if not Path(value).is_file():  # a FIFO or device would block the reader, a folder is no tensor
+            raise ValueError(f"--input {text!r}: {value} is not a regular file")
         check_memory(samples * tensor_bytes(value), f"--input {text}: {samples} copies of its tensor")
         tensors = load_tensors(value)
         if len(tensors) != 1:
