@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -225,3 +226,29 @@ def test_a_diffusers_config_is_sized_on_the_meta_device_whatever_field_makes_it_
     monkeypatch.setattr(resources, "available_memory", lambda: 2**34)  # 16 GiB, whatever the machine
     with pytest.raises(ValueError, match=r"^u/config.json: a model of [\d,]+ bytes of weights needs about"):
         build_base({"kind": "diffusers", "class": "UNet2DModel", "config": config}, source="u/config.json")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"padding": 100_000}, r"padding=100000 is not allowed"),
+    ({"lr": 1e308}, r"lr=1e\+308 is not allowed; it must be a finite number > 0 and < 1000"),
+    ({"weight_decay": 1e308}, r"weight_decay=1e\+308 is not allowed"),
+    ({"rtol": 1e-15}, r"rtol=1e-15 is not allowed; it must be a finite number >= 1e-12"),
+    ({"atol": 0.0}, r"atol=0\.0 is not allowed"),
+    ({"options": {"norm": "x"}}, r"options key 'norm' is not allowed; settable options are .*step_size"),
+    ({"options": {"interp": "spline"}}, r"options\.interp='spline' is not allowed; choose one of linear, cubic"),
+])
+def test_training_settings_that_overflow_hang_or_name_code_are_refused_before_training(changes: dict[str, Any],
+                                                                                        message: str) -> None:
+    """A crop padding of 10^5 allocated a terabyte, lr 1e308 overflowed the optimizer mid-epoch, rtol 1e-15 never
+    finished a solve, and a solver option naming a function was called as one."""
+    from timeaware.node.run_config import preset
+
+    with pytest.raises(ValueError, match=message):
+        preset("quick").with_overrides(changes)
+
+
+def test_a_diffusion_learning_rate_beyond_any_that_trains_is_refused() -> None:
+    from timeaware.diffusion.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"lr=1e\+308 is not allowed"):
+        TrainConfig(lr=1e308)

@@ -17,6 +17,7 @@ def choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 INT64_MAX = 2**63 - 1  # what torch (seeds, sizes, step counts) can hold
+MAX_LR = 1e3  # learning rate and weight decay: far above any that trains (1e308 overflowed the optimizer's float32)
 
 
 def check_int(name: str, value: Any, low: int, high: int = INT64_MAX) -> None:

@@ -33,7 +33,7 @@ from ..training import (
     save_checkpoint,
     seed_everything,
 )
-from ..validate import check_int, check_number, check_type
+from ..validate import MAX_LR, check_int, check_number, check_type
 from .ddpm import Schedule, make_scheduler, simple_loss, to_model_range
 from .unet import UNet, UNetConfig, ddpm_time_config
 
@@ -65,7 +65,7 @@ class TrainConfig:
         check_int("seed", self.seed, 0)
         if self.data_limit is not None:
             check_int("data_limit", self.data_limit, 1)
-        check_number("lr", self.lr, 0.0, low_open=True)
+        check_number("lr", self.lr, 0.0, MAX_LR, low_open=True)
         check_number("grad_clip", self.grad_clip, 0.0)
         check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         if not isinstance(self.flip, bool):

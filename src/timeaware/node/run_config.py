@@ -7,12 +7,13 @@ field or a solver field), which is what ``--set key=value`` and the experiments'
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import TimeAware, field_names, parse_setting
 from ..data import check_source
-from ..validate import check_int, check_number, check_positive, choice
+from ..validate import MAX_LR, check_int, check_number, check_positive, choice
 from .func import TIME_INPUTS
 from .solve import SolverOptions
 
@@ -20,6 +21,7 @@ PRESETS = ("quick", "paper")
 
 
 MAX_EPOCHS = 10**5  # 400 times the paper's 250; more is a typo that would train for years
+MAX_PADDING = 64    # random-crop padding: twice a CIFAR image's side (the paper pads by 4)
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,12 @@ class NodeRunConfig:
                 check_positive(name, getattr(self, name))
         check_source(self.data)
         check_int("seed", self.seed, 0)
-        check_int("padding", self.padding, 0)
+        check_int("padding", self.padding, 0, MAX_PADDING)
         if self.flip is not None and not isinstance(self.flip, bool):
             raise ValueError(f"flip={self.flip!r} is not allowed; it must be true, false or null")
-        check_number("lr", self.lr, low=0.0, low_open=True)
+        check_number("lr", self.lr, low=0.0, high=MAX_LR, low_open=True)
         for name in ("momentum", "weight_decay", "hue", "saturation"):
-            check_number(name, getattr(self, name), low=0.0)
+            check_number(name, getattr(self, name), low=0.0, high=MAX_LR if name == "weight_decay" else math.inf)
         check_number("dropout", self.dropout, low=0.0, high=1.0)
         for name in ("rtol", "atol", "t1", "adjoint_rtol", "adjoint_atol"):  # SolverOptions checks > 0
             if getattr(self.solver, name) is not None:

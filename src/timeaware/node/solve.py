@@ -32,6 +32,8 @@ MAX_STEPS = 10**6  # most steps of size step_size (or max_step) per solve over [
 # (open unless min_step); step_size and max_step are also bounded below by t1 / MAX_STEPS.
 _INT_OPTIONS = {"max_num_steps": (1, 2**31 - 1), "max_iters": (1, 10**6), "max_order": (1, 12)}  # int32; adams
 _REAL_OPTIONS = ("step_size", "first_step", "max_step", "min_step", "safety", "ifactor", "dfactor")
+_WORD_OPTIONS = {"interp": ("linear", "cubic")}  # fixed-step output; the rest (norm, grid_constructor) are code
+MIN_TOLERANCE = 1e-12  # rtol/atol below it (far below float32's resolution) cannot be met: a solve never ends
 
 
 class SolverError(RuntimeError):
@@ -69,7 +71,7 @@ class SolverOptions:
             value = getattr(self, name)
             if value is None and name.startswith("adjoint_"):
                 continue
-            check_number(name, value, 0, low_open=True)
+            check_number(name, value, 0 if name == "t1" else MIN_TOLERANCE, low_open=name == "t1")
         _check_options("options", self.options, self.t1)
         _check_options("adjoint_options", self.adjoint_options or {}, self.t1)
 
@@ -100,6 +102,11 @@ def _check_options(name: str, options: dict[Any, Any], t1: float) -> None:
                 raise ValueError(f"{name}.{key}={value!r} is not allowed; it must be >= t1/{MAX_STEPS:,} = "
                                  f"{t1 / MAX_STEPS:g} (more than {MAX_STEPS:,} steps per solve is a typo, not a "
                                  "setting)")
+        elif key in _WORD_OPTIONS:
+            choice(f"{name}.{key}", value, _WORD_OPTIONS[key])
+        else:  # norm, grid_constructor, jump_t …: functions and tensors, which a settings file cannot hold
+            known = sorted([*_INT_OPTIONS, *_REAL_OPTIONS, *_WORD_OPTIONS])
+            raise ValueError(f"{name} key {key!r} is not allowed; settable options are {', '.join(known)}")
 
 
 @dataclass
