@@ -198,3 +198,15 @@ def test_the_default_attention_is_ddpms_16_where_the_net_reaches_it() -> None:
     assert small.attn_resolutions == ()  # not an error: the user never named 16
     assert UNetConfig.from_dict(small.to_dict()) == small
     assert UNetConfig(image_size=8, channel_mult=[1, 2], attn_resolutions=[4, 8]).attn_resolutions == (4, 8)  # JSON
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_an_input_of_another_float_dtype_than_the_weights_is_one_line_naming_both(dtype: torch.dtype) -> None:
+    """Integers were refused; a float64 x against float32 weights reached torch's conv as a raw error."""
+    blocks = [(TimeConv2d(8, 8, 3, config=TimeAware(groups=1)), lambda m, x: m(x, 0.5)),
+              (ConcatConv2d(8, 8), lambda m, x: m(0.5, x)),
+              (UNet(UNetConfig(image_size=8, channels=32, channel_mult=(1,), num_res_blocks=1, attn_resolutions=())),
+               lambda m, x: m(x[:, :3], torch.tensor([1, 2])))]
+    for block, run in blocks:
+        with pytest.raises(ValueError, match=rf"^x has dtype {dtype}; this layer's weights are torch\.float32"):
+            run(block, torch.ones(2, 8, 8, 8, dtype=dtype))

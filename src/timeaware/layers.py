@@ -68,9 +68,10 @@ def check_conv(what: str, in_channels: int, out_channels: int, kernel_size: int,
 
 
 def check_input(x: torch.Tensor, channels: int, *, conv: nn.Conv2d | None = None,
-                size: tuple[int, int] | None = None, name: str = "x") -> None:
-    """x is a floating-point (N, ``channels``, H, W) tensor, with H×W = ``size`` when given and large enough for
-    ``conv``'s kernel and padding; O(1), no data read (these run inside ODE solvers)."""
+                size: tuple[int, int] | None = None, name: str = "x", dtype: torch.dtype | None = None) -> None:
+    """x is a floating-point (N, ``channels``, H, W) tensor of the layer's dtype (``conv``'s weights' or
+    ``dtype``), with H×W = ``size`` when given and large enough for ``conv``'s kernel and padding; O(1), no data
+    read (these run inside ODE solvers)."""
     least = 1 if conv is None else min_input_size(conv)
     if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != channels or min(x.shape[-2:]) < least
             or (size is not None and x.shape[-2:] != size)):
@@ -80,6 +81,10 @@ def check_input(x: torch.Tensor, channels: int, *, conv: nn.Conv2d | None = None
                          + (f" with H, W >= {least}" if least > 1 and size is None else ""))
     if not x.is_floating_point():
         raise ValueError(f"{name} has dtype {x.dtype}; this layer takes a floating-point tensor")
+    want = conv.weight.dtype if conv is not None else dtype
+    if want is not None and x.dtype != want:
+        raise ValueError(f"{name} has dtype {x.dtype}; this layer's weights are {want} (convert one to the other, "
+                         f"e.g. x.to({want}) or layer.to({x.dtype}))")
 
 
 def min_input_size(conv: nn.Conv2d) -> int:

@@ -224,7 +224,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         cfg = self.config
-        check_input(x, cfg.in_channels, size=(cfg.image_size, cfg.image_size))
+        check_input(x, cfg.in_channels, size=(cfg.image_size, cfg.image_size), dtype=self.conv_in.weight.dtype)
         t = as_time(t, x.shape[0], x)
         emb = self.time_embed(t)
         h = self.conv_in(x)
