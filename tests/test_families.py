@@ -217,3 +217,19 @@ def test_families_that_need_a_fix_have_a_norm_and_those_without_norms_need_none(
             assert has_norm, name
         if name in ("cfm_mlp", "anode_func"):
             assert not has_norm and not info.needs_fix, name
+
+
+def test_diffusers_configs_as_the_hub_writes_them_pass_and_a_nan_does_not(tmp_path: Path) -> None:
+    """A 1-D U-Net's sample_size is a length (65,536 samples, not a 65,536² image: it was refused as 7,200 GiB),
+    StableCascade gives a dropout per block, UVit2D one width; a NaN dropout passed every range check."""
+    from diffusers import UNet1DModel
+
+    from timeaware.metadata import check_diffusers_config
+
+    UNet1DModel().save_config(tmp_path)  # the class defaults: sample_size 65536
+    model, _ = load_model(str(tmp_path))
+    assert sum(p.numel() for p in model.parameters()) > 0
+    check_diffusers_config({"_class_name": "StableCascadeUNet", "dropout": [0.0, 0.1]}, "c.json")
+    check_diffusers_config({"_class_name": "UVit2DModel", "block_out_channels": 768}, "c.json")
+    with pytest.raises(ValueError, match=r"c\.json: field dropout: nan is not allowed; give a finite number"):
+        check_diffusers_config({"_class_name": "UNet2DModel", "dropout": float("nan")}, "c.json")

@@ -667,3 +667,27 @@ def test_modern_diffusers_models_are_audited_from_their_config_alone(name: str, 
                     "kandinsky22": ([4, 8, 8], "added_cond_kwargs.image_embeds"), "flux2": ([16, 4], "img_ids"),
                     "lumina2": ([4, 8, 8], "encoder_attention_mask")}[name]
     assert call["input_shape"] == shape and extra in call["extras"]
+
+
+def test_a_diffusers_model_without_a_timestep_is_refused_and_named_time_arguments_get_their_domain(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A VAE's config was audited with t appended as an input channel (exit 0); StableCascade's timestep_ratio
+    is t / T in [0, 1]; a diffusers model with Fourier features of t (StableAudio's DiT) takes continuous t."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_config(tmp_path)
+    assert main(["audit", str(tmp_path)]) == 2
+    assert "AutoencoderKL takes no timestep (its forward is (sample, " in capsys.readouterr().err
+
+    class Cascade(nn.Module):
+        def forward(self, sample: torch.Tensor, timestep_ratio: torch.Tensor) -> torch.Tensor:
+            return sample * timestep_ratio[:, None]
+
+    assert describe(Cascade()).domain.to_dict() == {"kind": "continuous", "low": 0.0, "high": 1.0}
+    from diffusers import StableAudioDiTModel
+
+    audio = StableAudioDiTModel(sample_size=16, in_channels=4, num_layers=1, attention_head_dim=4,
+                                num_attention_heads=2, num_key_value_attention_heads=1, out_channels=4,
+                                cross_attention_dim=8, time_proj_dim=8, global_states_input_dim=8,
+                                cross_attention_input_dim=8)
+    assert describe(audio).domain.to_dict() == {"kind": "continuous", "low": 0.0, "high": 1.0}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ RUNNING_MARK = {"type": "object", "properties": {"where": {"type": "string"}, "h
                                                  "pid": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                                                  "since": {"type": "string"}}}
 _OPTIONAL_SIZE = {"anyOf": [{"type": "null"}, _SIZE]}
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 _INT_OR_INTS = {"anyOf": [_SIZE, {"type": "array", "items": _SIZE, "minItems": 1}]}
 _OPTIONAL_INT_OR_INTS = {"anyOf": [{"type": "null"}, _INT_OR_INTS]}
 DIFFUSERS_CONFIG = {
@@ -152,7 +154,7 @@ DIFFUSERS_CONFIG = {
         "sample_size": {"anyOf": [{"type": "null"}, _SIZE, {"type": "array", "items": _SIZE, "minItems": 1,
                                                               "maxItems": 3}]},
         "in_channels": _OPTIONAL_SIZE, "out_channels": _OPTIONAL_SIZE,  # null: as many as in (Flux, Lumina, Mochi)
-        "block_out_channels": {"type": "array", "items": _SIZE, "minItems": 1, "maxItems": 16},
+        "block_out_channels": {"anyOf": [_SIZE, {"type": "array", "items": _SIZE, "minItems": 1, "maxItems": 16}]},
         "layers_per_block": _INT_OR_INTS,
         "norm_num_groups": _OPTIONAL_SIZE,
         "attention_head_dim": _OPTIONAL_INT_OR_INTS,
@@ -162,7 +164,7 @@ DIFFUSERS_CONFIG = {
         "act_fn": {"type": ["string", "null"]},
         "flip_sin_to_cos": {"type": "boolean"},
         "freq_shift": _NUMBER,
-        "dropout": {"type": "number", "minimum": 0, "maximum": 1},
+        "dropout": {"anyOf": [_PROBABILITY, {"type": "array", "items": _PROBABILITY}]},  # per block: StableCascade
     },
 }
 
@@ -197,12 +199,18 @@ def check_diffusers_config(config: Any, source: str | Path) -> dict[str, Any]:
     """A diffusers ``config.json``'s common fields checked for types and ranges, and the model it describes
     (built, and run on one sample) checked to fit in memory: ``block_out_channels`` [1000000] needs terabytes."""
     check(config, DIFFUSERS_CONFIG, source)
+    bad = next(((key, v) for key, v in config.items() if isinstance(v, float) and not math.isfinite(v)), None)
+    if bad is not None:  # JSON's NaN/Infinity: a dropout of NaN passes every range and fails in the first call
+        raise ValueError(f"{source}: field {bad[0]}: {bad[1]} is not allowed; give a finite number")
     widths = config.get("block_out_channels")
-    if widths:
+    if isinstance(widths, list) and widths:
         blocks = config.get("layers_per_block", 2)
         size = config.get("sample_size") or 64
+        one_d = "1D" in str(config.get("_class_name")) or any(
+            str(kind).endswith("1D") for kind in config.get("down_block_types") or ())
         params, activations = unet_size(widths, max(blocks) if isinstance(blocks, list) else blocks,
-                                        max(size) if isinstance(size, list) else size, config.get("in_channels", 3))
+                                        max(size) if isinstance(size, list) else size, config.get("in_channels") or 3,
+                                        spatial_dims=1 if one_d else 2)
         check_memory(params * FLOAT + activations, f"{source}: a model of about {params:,} parameters run on one "
                      "sample")
     return config

@@ -74,18 +74,20 @@ def check_memory(need: float, what: str, device: object = None) -> None:
                           f"pass --no-memory-check (or set {NO_CHECK_ENV}=1) if you know better")
 
 
-def unet_size(widths: Sequence[int], blocks: int, image_size: int, in_channels: int) -> tuple[int, int]:
+def unet_size(widths: Sequence[int], blocks: int, image_size: int, in_channels: int,
+              spatial_dims: int = 2) -> tuple[int, int]:
     """(parameters, activation bytes kept for backward per sample) of a DDPM-style U-Net.
 
     ``widths``: channels per resolution; ``blocks``: residual blocks per resolution on the way down (one
     more on the way up, with the skip concatenated). Each block is two 3×3 convs plus a time projection.
+    ``spatial_dims``: 2 for images (side²  positions), 1 for sequences (a 1-D U-Net's ``sample_size`` is a length).
     """
     params = 9 * in_channels * widths[0] * 2
     activations = 0
     for level, width in enumerate(widths):
         params += 45 * (blocks + 1) * width * width + (2 * blocks + 1) * 4 * widths[0] * width
         side = max(1, image_size >> level)
-        activations += (3 * blocks + 2) * 8 * width * side * side * FLOAT
+        activations += (3 * blocks + 2) * 8 * width * side ** spatial_dims * FLOAT
     params += 40 * widths[-1] * widths[-1]  # middle: two residual blocks and attention
     return params, activations
 

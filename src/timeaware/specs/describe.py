@@ -22,7 +22,7 @@ from ..calling import Input, ModelCall, holds_time, model_dtype, unwrapped
 from ..embeddings import UNIT_INTERVAL, TimeDomain
 
 TIME_NAMES = ("timestep", "timesteps", "t", "time", "times", "ts", "time_cond", "sigma", "sigmas", "noise_labels",
-              "noise_level", "noise_levels", "c_noise", "noise_cond")
+              "noise_level", "noise_levels", "c_noise", "noise_cond", "timestep_ratio")
 SIGMA_NAMES = ("sigma", "sigmas", "noise_level", "noise_levels")
 EMBEDDING_NAMES = ("temb", "emb", "time_emb", "t_emb", "time_embedding")
 LABEL_NAMES = ("y", "class_labels", "labels", "classes", "label", "cond_labels")
@@ -102,6 +102,8 @@ def _domain_for(model: nn.Module, name: str) -> TimeDomain:
         return EDM_SIGMAS
     if name in ("noise_labels", "c_noise", "noise_cond"):  # EDM's c_noise = ln(σ)/4 for σ in [0.002, 80]
         return TimeDomain("continuous", -1.55, 1.1)
+    if name == "timestep_ratio":  # Würstchen / StableCascade: t / T
+        return UNIT_INTERVAL
     steps = next((v for k in STEP_COUNTS if isinstance(v := getattr(model, k, None), int) and not isinstance(v, bool)
                   and 2 <= v <= 10**9), None)
     if steps is not None:
@@ -201,6 +203,9 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         if isinstance(proj, nn.Linear):
             return ModelCall(convention="embedding", embedding_dim=proj.in_features, domain=DIFFUSION_STEPS,
                              input_shape=guess_input_shape(model))
+        if config is not None and not set(names) & {*TIME_NAMES, *EMBEDDING_NAMES}:  # a VAE, a text encoder …
+            raise ValueError(f"{type(model).__name__} takes no timestep (its forward is ({', '.join(names)})); the "
+                             "audit measures models that depend on t: give the denoiser or the ODE function")
         return None
     def get(key: str, default: Any = None) -> Any:
         return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
@@ -269,8 +274,8 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         domain = EDM_SIGMAS if log else UNIT_INTERVAL  # NCSN++ feeds log σ; UNet1D (Dance Diffusion) t in [0, 1]
     elif get("num_train_timesteps"):
         domain = TimeDomain("steps", 0, int(get("num_train_timesteps")) - 1)
-    elif rope:  # Flux takes t in [0, 1] and scales it by 1000 itself
-        domain = UNIT_INTERVAL
+    elif rope or any(FOURIER.search(type(m).__name__) for m in model.modules()):
+        domain = UNIT_INTERVAL  # Flux takes t in [0, 1] and scales it by 1000 itself; Fourier features: continuous t
     return ModelCall(convention="xt", time_arg="timestep", domain=domain, input_shape=shape,
                      extras=tuple(extras.items()))
 
