@@ -235,6 +235,21 @@ def test_a_hostile_fix_recipe_is_one_line_naming_the_file(tmp_path: Path, edit: 
     assert _one_line(err).startswith(f"{folder / 'fix.json'}: ")
 
 
+def test_maps_a_fix_recipe_records_are_sized_before_any_is_made(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An MLP map over 4096x4096 positions (4.5 GB) was built before the weights' shapes were compared."""
+    from timeaware import resources
+
+    folder = _fixed_folder(tmp_path)
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**30)  # 1 GiB free, whatever the machine
+    load_fixed(folder, trust_code=True)  # the recorded fix fits
+    meta = json.loads((folder / "fix.json").read_text())
+    meta["fix"].update(positional="mlp", sites={"norm": [4096, 4096]})
+    (folder / "fix.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"fix\.json: the fixed model, [\d,]+ bytes of weights needs about"):
+        load_fixed(folder, trust_code=True)
+
+
 def test_nan_weights_in_a_fixed_model_are_refused(tmp_path: Path) -> None:
     folder = _fixed_folder(tmp_path)
     state = load_tensors(folder / "model.safetensors")

@@ -11,11 +11,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..calling import ModelCall
 from ..io import load_weights, save_tensors, write_json
 from ..metadata import FIX_RECIPE, read_checked
+from ..resources import check_memory
 from ..specs import build_base
 from ..validate import MAX_MAP
 from .fix import POSITIONAL_FORMS, FixResult, apply_fix
@@ -43,6 +45,11 @@ def load_fixed(folder: str | Path, *, trust_code: bool = False) -> nn.Module:
     meta = read_checked(recipe, FIX_RECIPE)  # the keys, and the call's fields typed and bounded
     call = _field(recipe, "call", lambda: ModelCall.from_dict(meta["call"]))
     options = _options(recipe, meta["fix"])
+    with torch.device("meta"):  # sized first, with no memory: the recorded maps could ask for terabytes
+        sized = _field(recipe, "base", lambda: build_base(meta["base"], trust_code=trust_code, source=str(recipe)))
+        _field(recipe, "fix", lambda: apply_fix(sized, options, call))
+    weights = sum(p.numel() * p.element_size() for p in sized.parameters())
+    check_memory(2 * weights, f"{recipe}: the fixed model, {weights:,} bytes of weights")
     model = _field(recipe, "base", lambda: build_base(meta["base"], trust_code=trust_code, source=str(recipe)))
     _field(recipe, "fix", lambda: apply_fix(model, options, call))
     load_weights(model, folder / "model.safetensors", against=str(recipe))
