@@ -589,3 +589,25 @@ def test_a_read_only_file_system_is_one_line(tmpfs, run, capsys):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     line = refused(["sample", str(run), "--num", "2", "--steps", "1", "--out", str(tmpfs / "s")], capsys, tmpfs, run)
     assert "Read-only file system (EROFS)" in line, line
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda c: c.update(bogus=1), "config: NodeRunConfig"),
+    (lambda c: c["solver"].update(tolerance=1), "config: SolverOptions"),
+    (lambda c: c.update(lr=10**400), "state.config.lr: an integer of 401 digits"),
+    (lambda c: c.update(lr=1e308), "config: lr=1e+308 is not allowed"),
+])
+def test_a_node_run_config_that_names_unknown_or_huge_settings_is_one_line_naming_state_json(tmp_path, capsys, edit,
+                                                                                              field):
+    """An unknown key was 'NodeRunConfig.__init__() got an unexpected keyword argument' with no file named, and
+    lr = 10**400 an OverflowError traceback, in audit, time-use and fix alike."""
+    out = tmp_path / "run"
+    assert main(["train", "node", *TINY_NODE, "--out", str(out)]) == 0
+    capsys.readouterr()
+    state_file = next(out.glob("checkpoints/step-*/state.json"))
+    state = json.loads(state_file.read_text())
+    edit(state["state"]["config"])
+    state_file.write_text(json.dumps(state))
+    for argv in (["audit", str(out)], ["time-use", str(out), "--out", str(tmp_path / "tu")]):
+        line = refused(argv, capsys, out)
+        assert "state.json: " in line and f"field {field}" in line, line

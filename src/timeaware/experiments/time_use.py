@@ -162,7 +162,7 @@ def load_run(run: str | Path, limit: int | None = None) -> Loaded:
     (the first ``limit``). The one place this module reads checkpoints.
     """
     from ..data import load_images
-    from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
+    from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state, state_field
 
     found = find_checkpoint(run)
     state = read_checkpoint_state(found)["state"]
@@ -171,7 +171,8 @@ def load_run(run: str | Path, limit: int | None = None) -> Loaded:
         from ..diffusion.train import TrainConfig
 
         unet, _ = load_unet(found, device="cpu")
-        data = load_images(TrainConfig(**state["train"]).data, "test", unet.config.image_size).subset(limit)
+        train_cfg = state_field(found, "train", lambda: TrainConfig(**state["train"]))
+        data = load_images(train_cfg.data, "test", unet.config.image_size).subset(limit)
         return "ddpm", unet, state, {"x": data.x * 2 - 1}
     if "config" not in state or "input_shape" not in state:
         raise ValueError(f"{found}: not a timeaware NODE or DDPM checkpoint (its state.json has no 'unet', or no "
@@ -179,7 +180,7 @@ def load_run(run: str | Path, limit: int | None = None) -> Loaded:
     from ..node.run_config import NodeRunConfig
     from ..node.train import build_model, load_run_data
 
-    cfg = NodeRunConfig.from_dict(state["config"])
+    cfg = state_field(found, "config", lambda: NodeRunConfig.from_dict(state["config"]))
     train, test = load_run_data(cfg)
     model = build_model(cfg, train)
     load_checkpoint(found, modules={"model": model}, restore_rng=False)

@@ -162,7 +162,7 @@ def _diffusers(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """A timeaware DDPM run's U-Net (EMA weights) or NODE run's ODE function, from its latest checkpoint."""
-    from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
+    from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state, state_field
 
     found = find_checkpoint(path)
     state = read_checkpoint_state(found)["state"]
@@ -178,7 +178,7 @@ def _timeaware_run(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     from ..node.model import NodeClassifier, state_size
     from ..node.run_config import NodeRunConfig
 
-    cfg = NodeRunConfig.from_dict(state["config"])
+    cfg = state_field(found, "config", lambda: NodeRunConfig.from_dict(state["config"]))
     image_channels, h, w = state["input_shape"]
     classifier = build_checked(lambda: NodeClassifier(image_channels, state["num_classes"], (h, w),
                                                       channels=cfg.channels, config=cfg.model, time=cfg.time,

@@ -10,6 +10,7 @@ from .checkpoint import (
     resume_hint,
     rewind_to,
     save_checkpoint,
+    state_field,
 )
 from .common import (
     MetricsLog,
@@ -24,4 +25,5 @@ from .run_folder import claim_run_folder
 __all__ = ["MetricsLog", "NonFiniteLoss", "check_finite", "checkpoint_root",
            "claim_run_folder",
            "find_checkpoint", "is_main_process", "latest_checkpoint", "load_checkpoint", "make_accelerator",
-           "read_checkpoint_state", "resolve_resume", "resume_hint", "rewind_to", "save_checkpoint", "seed_everything"]
+           "read_checkpoint_state", "resolve_resume", "resume_hint", "rewind_to", "save_checkpoint", "seed_everything",
+           "state_field"]

@@ -19,9 +19,9 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from ..io import atomic_write_text, load_tensors, load_weights, save_tensors
 from ..metadata import CHECKPOINT_STATE, read_checked
 from ..paths import is_run_folder
 
+T = TypeVar("T")
 LATEST = "latest"
 STEP_NAME = re.compile(r"step-\d{8,}")
 
@@ -251,6 +252,16 @@ def _scalar_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     return "number" if isinstance(value, int | float) else type(value).__name__
+
+
+def state_field(path: str | Path, name: str, build: Callable[[], T]) -> T:
+    """``build()`` from the field ``name`` of a checkpoint's ``state.json``; its failure (a setting out of range,
+    an unknown key) is one line naming the file and the field."""
+    try:
+        return build()
+    except (ValueError, TypeError, KeyError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{Path(path) / 'state.json'}: field {name}: {text}") from None
 
 
 def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
