@@ -52,3 +52,26 @@ def test_protocol_names_everything_a_score_depends_on():
     text = str(p)
     assert all(s in text for s in ("FD-classifier", "512 samples", "ddim-50", "ema weights", "digits train"))
     assert "FID" not in text
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple:
+        return (print, ("this ran",))
+
+
+def test_inception_weights_that_would_run_code_are_refused_before_torch_fidelity_unpickles_them(
+        tmp_path, monkeypatch) -> None:
+    import pickle
+
+    import torchmetrics.utilities.imports as imports
+
+    from timeaware.diffusion.metrics import require_inception
+
+    monkeypatch.setattr(imports, "_TORCH_FIDELITY_AVAILABLE", True)  # its loader is not installed here
+    bad = tmp_path / "pt_inception.pth"
+    bad.write_bytes(pickle.dumps({"w": _RunsCode()}))
+    with pytest.raises(ValueError, match=r"pt_inception\.pth: refused, loading it would execute code"):
+        require_inception(bad)
+    good = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(2)}, good)
+    assert require_inception(good) == good

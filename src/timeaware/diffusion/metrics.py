@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageData
-from ..io import load_weights, save_tensors, write_json
+from ..io import load_untrusted_torch, load_weights, save_tensors, write_json
 from ..metadata import CLASSIFIER_INFO, read_checked
 from ..paths import check_output
 from ..progress import say
@@ -185,6 +185,7 @@ def require_inception(weights: str | Path | None) -> Path:
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such Inception weights file; {INCEPTION_HELP}")
+    load_untrusted_torch(path)  # torch-fidelity unpickles it itself: first make sure that cannot run code
     return path
 
 
