@@ -691,3 +691,26 @@ def test_a_diffusers_model_without_a_timestep_is_refused_and_named_time_argument
                                 cross_attention_dim=8, time_proj_dim=8, global_states_input_dim=8,
                                 cross_attention_input_dim=8)
     assert describe(audio).domain.to_dict() == {"kind": "continuous", "low": 0.0, "high": 1.0}
+
+
+def test_a_model_that_refuses_integer_steps_is_called_with_them_as_floats() -> None:
+    """HunyuanDiT's time embedding multiplies t with float weights: 'mat1 and mat2 must have the same dtype, but
+    got Long and Float' for diffusion steps as int64. The probe retries them as floats and the call keeps that."""
+
+    class FloatSteps(nn.Module):
+        num_timesteps = 1000
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.norm = nn.Linear(1, 4), nn.GroupNorm(2, 4)
+
+        def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return self.norm(x + self.proj(timestep[:, None])[:, :, None, None])
+
+    model = FloatSteps()
+    call = probe(model, describe(model, input_shape=(4, 4, 4)))
+    assert call.float_steps and call.domain.kind == "steps"
+    assert call.timesteps(3).tolist() == [0.0, 500.0, 999.0] and call.timesteps(3).is_floating_point()
+    assert ModelCall.from_dict(json.loads(json.dumps(call.to_dict()))) == call
+    x, _ = call.example(2)
+    assert audit(model, x, call.timesteps(3), call=call).layers[0].name == "norm"

@@ -107,6 +107,7 @@ class ModelCall:
     input_shape   one input's shape, any rank (None: unknown, must be given)
     extras        keyword inputs besides x and t: name → ``Input``
     mode          the norms' mode in which the model is used: eval (sampling) or train (an ODE solve in training)
+    float_steps   integer steps go in as floats (a model whose time embedding multiplies them with float weights)
     """
 
     convention: str = "xt"
@@ -118,6 +119,7 @@ class ModelCall:
     embedding_dim: int | None = None
     concat_dim: int = 1
     mode: str = "eval"
+    float_steps: bool = False
 
     def __post_init__(self) -> None:
         if self.convention not in CONVENTIONS:
@@ -153,7 +155,8 @@ class ModelCall:
         return where + (", scalar t" if self.scalar_time else "")
 
     def timesteps(self, k: int) -> torch.Tensor:
-        return self.domain.grid(k)
+        t = self.domain.grid(k)
+        return t.float() if self.float_steps and not t.is_floating_point() else t
 
     def example(self, n: int, seed: int = 0, dtype: torch.dtype = torch.float32,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -248,7 +251,8 @@ class ModelCall:
         if not isinstance(extras, dict):
             raise ValueError("model call extras must be an object name → {shape, kind, high}")
         data["extras"] = tuple((str(k), Input(**_input_fields(v))) for k, v in extras.items())
-        for key, kind in (("time_arg", str), ("embedding_dim", int), ("concat_dim", int), ("scalar_time", bool)):
+        for key, kind in (("time_arg", str), ("embedding_dim", int), ("concat_dim", int), ("scalar_time", bool),
+                          ("float_steps", bool)):
             value = data.get(key)
             if value is not None and (type(value) is not kind):
                 raise ValueError(f"model call {key}={value!r} is not allowed; expected {kind.__name__}")

@@ -120,6 +120,7 @@ MODEL_CALL = {  # calling.ModelCall.to_dict(): types and sizes here, the allowed
     "additionalProperties": False,
     "properties": {
         "convention": {"type": "string"}, "mode": {"type": "string"}, "scalar_time": {"type": "boolean"},
+        "float_steps": {"type": "boolean"},
         "time_arg": {"type": ["string", "null"], "maxLength": 200},
         "domain": {"type": "object", "additionalProperties": False,
                    "properties": {"kind": {"type": "string"}, "low": _TIME, "high": _TIME}},

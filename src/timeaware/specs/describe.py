@@ -89,6 +89,7 @@ def _from_signature(model: nn.Module) -> ModelCall:
                      extras=_extras(model, names))
 
 
+INTEGER_REFUSED = re.compile(r"\bLong\b|Int64|int64")  # a model's dtype error on integer timesteps
 STEP_COUNTS = ("num_timesteps", "num_train_timesteps", "diffusion_steps", "timesteps", "T")
 FOURIER = re.compile(r"Fourier|RandomOrLearnedSinusoidal|LearnedSinusoidal")
 
@@ -323,14 +324,17 @@ def probe(model: nn.Module, call: ModelCall, n: int = 2, guessed: bool = False) 
     was = model.training
     try:
         model.train(call.mode == "train")
-        for shape in shapes:
-            trial = call.replace(input_shape=shape)
+        trials = [call.replace(input_shape=shape) for shape in shapes]
+        for trial in trials:
             x, extras = trial.example(n, dtype=model_dtype(model))
             try:
                 with torch.no_grad():
                     out = trial.invoke(model, x, trial.timesteps(2)[:1].expand(n), extras)
             except (TypeError, RuntimeError, ValueError, IndexError, KeyError, AssertionError, AttributeError) as err:
-                first = first or err  # the error of the shape as detected is the one to report
+                if first is None or (trial.float_steps and INTEGER_REFUSED.search(str(first))):
+                    first = err  # the error of the shape as detected (with steps as floats, if ints were refused)
+                if INTEGER_REFUSED.search(str(err)) and not trial.timesteps(2).is_floating_point():
+                    trials.append(trial.replace(float_steps=True))  # HunyuanDiT: its embedding wants float steps
                 continue
             if out.ndim == 0 or out.shape[0] != n:  # a solver's (t_eval, trajectory), or a fixed token grid
                 first = first or ValueError(
