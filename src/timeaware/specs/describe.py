@@ -236,6 +236,8 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
         wide = wide[0] if isinstance(wide, (list, tuple)) else wide
         if isinstance(wide, int):
             extras["added_cond_kwargs.image_embeds"] = Input(shape=(wide,))
+        if isinstance(wide, int) and get("addition_embed_type") == "text_image":  # Kandinsky 2.1: pooled text too
+            extras["added_cond_kwargs.text_embeds"] = Input(shape=(wide,))
     if "pooled_projections" in names and isinstance(get("pooled_projection_dim"), int):  # SD3, Flux
         extras["pooled_projections"] = Input(shape=(get("pooled_projection_dim"),))
     if "added_cond_kwargs" in names and get("addition_embed_type") == "text_time":  # SDXL: pooled text + 6 sizes
