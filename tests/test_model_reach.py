@@ -623,7 +623,7 @@ def test_a_shared_input_goes_in_without_a_batch_dimension_and_flux_is_audited_wi
 # Tiny configs of diffusers models whose inputs are not a plain (C, H, W) map: video latents (C, F, H, W) with a
 # Conv3d patch (Wan), (F, C, H, W) with a per-frame patch (CogVideoX), a required text mask (Mochi), CLIP image
 # embeddings in added_cond_kwargs (Kandinsky 2.2; with pooled text, 2.1), four RoPE axes (Flux.2), a caption
-# width named cap_feat_dim with a required mask (Lumina 2); none keeps a sample size but Lumina 2.
+# width named cap_feat_dim with a required mask (Lumina 2), SDXL-style size inputs (CogView 4).
 MODERN_DIFFUSERS = {
     "wan": {"_class_name": "WanTransformer3DModel", "attention_head_dim": 12, "ffn_dim": 32, "in_channels": 4,
             "num_attention_heads": 2, "num_layers": 1, "out_channels": 4, "patch_size": [1, 2, 2],
@@ -647,6 +647,9 @@ MODERN_DIFFUSERS = {
                     "encoder_hid_dim_type": "text_image_proj", "in_channels": 4, "layers_per_block": 1,
                     "norm_num_groups": 4, "out_channels": 4, "sample_size": 8,
                     "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
+    "cogview4": {"_class_name": "CogView4Transformer2DModel", "attention_head_dim": 4, "condition_dim": 4,
+                 "in_channels": 4, "num_attention_heads": 4, "num_layers": 1, "out_channels": 4, "patch_size": 2,
+                 "pos_embed_max_size": 64, "sample_size": 8, "text_embed_dim": 8, "time_embed_dim": 8},
     "flux2": {"_class_name": "Flux2Transformer2DModel", "attention_head_dim": 16, "axes_dims_rope": [4, 4, 4, 4],
               "guidance_embeds": True, "in_channels": 4, "joint_attention_dim": 32, "num_attention_heads": 2,
               "num_layers": 1, "num_single_layers": 1, "out_channels": None, "patch_size": 1},
@@ -671,7 +674,7 @@ def test_modern_diffusers_models_are_audited_from_their_config_alone(name: str, 
                     "cogvideox": ([2, 4, 8, 8], "encoder_hidden_states"),
                     "mochi": ([4, 2, 8, 8], "encoder_attention_mask"),
                     "kandinsky22": ([4, 8, 8], "added_cond_kwargs.image_embeds"), "flux2": ([16, 4], "img_ids"),
-                    "kandinsky21": ([4, 8, 8], "added_cond_kwargs.text_embeds"),
+                    "kandinsky21": ([4, 8, 8], "added_cond_kwargs.text_embeds"), "cogview4": ([4, 8, 8], "crop_coords"),
                     "lumina2": ([4, 8, 8], "encoder_attention_mask")}[name]
     assert call["input_shape"] == shape and extra in call["extras"]
 

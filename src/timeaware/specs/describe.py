@@ -223,11 +223,13 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
                               "text_dim", "context_in_dim", "text_in_dim", "cap_feat_dim", "cross_attention_dim")
                   if (w := get(k)) is not None), None)
     width = width[0] if isinstance(width, (list, tuple)) else width
+    required = {p.name for p in forward_parameters(model) if p.default is inspect.Parameter.empty}
     if "encoder_hidden_states" in names and isinstance(width, int):
         extras["encoder_hidden_states"] = Input(shape=(8, width))
-        required = {p.name for p in forward_parameters(model) if p.default is inspect.Parameter.empty}
-        for mask in required & {"encoder_attention_mask", "encoder_mask"}:  # Mochi, HunyuanVideo, LTX, Lumina
+        for mask in [m for m in ("encoder_attention_mask", "encoder_mask") if m in required]:  # Mochi, Lumina 2
             extras[mask] = Input(shape=(8,), kind="ones")  # every text token kept
+    for size in [n for n in ("original_size", "target_size", "crop_coords") if n in required]:  # CogView
+        extras[size] = Input(shape=(2,), kind="ones")  # SDXL-style size conditioning: any size will do
     image = get("addition_embed_type") in ("image", "text_image") or get("encoder_hid_dim_type") in (
         "image_proj", "text_image_proj")
     if "added_cond_kwargs" in names and image:  # Kandinsky 2.x: CLIP image embeddings
