@@ -304,3 +304,26 @@ def test_the_tracer_gives_the_model_a_contiguous_batch_and_says_its_failure_in_o
     with pytest.raises(ValueError, match=r"^tracing t failed: the model raised RuntimeError: view size is not "
                                          r"compatible with input tensor's size and stride$"):
         trace_time(Broken(), call, x, torch.tensor([0, 999]), extras)
+
+
+@pytest.mark.parametrize(("argv", "own"), [(["fix", "node-func", "--samples", "2", "--out"], "fix.json"),
+                                           (["sample", "runs/none", "--out"], "grid.png"),
+                                           (["reproduce", "node-norm", "--status", "--out"], "sweep.json")])
+def test_an_out_folder_of_other_files_is_refused_and_an_earlier_output_is_not(argv: list[str], own: str,
+                                                                              tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]
+                                                                              ) -> None:
+    """A folder of the user's files (a 00000.png, a fix.json of their own making aside) is never written into: an
+    existing --out must be empty or the command's earlier output, which its marker file names."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "00000.png").write_bytes(b"the user's picture")
+    err = _refused([*argv, str(folder)], capsys)
+    assert f"holds other files (00000.png ...) and no {own}" in err
+    assert (folder / "00000.png").read_bytes() == b"the user's picture"
+    (folder / own).write_text("{}")  # an earlier output: checked further on its own terms, not refused as foreign
+    try:
+        main([*argv, str(folder)])
+    except SystemExit:
+        pass
+    assert "holds other files" not in capsys.readouterr().err

@@ -29,9 +29,10 @@ COMMANDS: dict[str, str | dict[str, str]] = {
 }
 
 # command -> (argument, kind) of the path it writes, checked before the command runs
-OUTPUTS: dict[str, tuple[str, Kind]] = {"audit": ("plot", "file"), "sample": ("out", "folder"),
-                                        "evaluate": ("out", "file"), "fix": ("out", "folder"),
-                                        "reproduce": ("out", "folder")}
+# command -> (flag, what it writes, the file marking a folder as its earlier output)
+OUTPUTS: dict[str, tuple[str, Kind, str | None]] = {
+    "audit": ("plot", "file", None), "sample": ("out", "folder", "grid.png"), "evaluate": ("out", "file", None),
+    "fix": ("out", "folder", "fix.json"), "reproduce": ("out", "folder", "sweep.json")}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"'{args.command}' has nothing to run yet")
     try:
         if args.command in OUTPUTS:
-            name, kind = OUTPUTS[args.command]
+            name, kind, own = OUTPUTS[args.command]
             if getattr(args, name, None) is not None:
-                check_output(getattr(args, name), kind, flag=f"--{name}")
+                check_output(getattr(args, name), kind, flag=f"--{name}", own=own)
         with memory_check_disabled() if args.no_memory_check else contextlib.nullcontext():
             return int(args.run(args) or 0)
     except OSError as err:

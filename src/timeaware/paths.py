@@ -32,17 +32,24 @@ def is_checkpoint_folder(path: Path) -> bool:
 
 
 def check_output(path: str | os.PathLike[str], kind: Kind = "folder", *, flag: str = "--out", run: bool = False,
-                 need: int = MIN_FREE) -> Path:
+                 need: int = MIN_FREE, own: str | None = None) -> Path:
     """``path`` if a command may write it (a folder or one file), else a one-line ``ValueError``.
 
     ``run``: the folder is a training run's own (it may already hold that run; the caller decides what
-    to do with it). ``need``: bytes that must be free where it is written.
+    to do with it). ``need``: bytes that must be free where it is written. ``own``: the file that marks a
+    folder as this command's earlier output (``sample``: grid.png): an existing folder must be empty or hold
+    it, so that a folder of the user's other files is never written into.
     """
     path = Path(path)
     where = f"{flag} {path}"
     try:
         _check_names(path, where)
         _check_target(path, kind, where)
+        if own is not None and path.is_dir() and not (path / own).exists():
+            other = next(iter(sorted(path.iterdir())), None)
+            if other is not None:
+                raise ValueError(f"{where}: holds other files ({other.name} ...) and no {own}, so it is not an "
+                                 "earlier output of this command; give a new or empty folder")
         _check_not_inside_a_run(path, kind, run, where)
         _probe(_nearest_existing(path, where), need, where)
     except OSError as err:
