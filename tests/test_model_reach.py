@@ -724,3 +724,40 @@ def test_a_model_that_refuses_integer_steps_is_called_with_them_as_floats() -> N
     assert ModelCall.from_dict(json.loads(json.dumps(call.to_dict()))) == call
     x, _ = call.example(2)
     assert audit(model, x, call.timesteps(3), call=call).layers[0].name == "norm"
+
+
+def test_a_guided_diffusion_fp16_unet_is_audited_traced_and_fixed() -> None:
+    """guided-diffusion's use_fp16: the blocks' convs in float16 (convert_module_to_f16), h cast to float16, the
+    time embedding, the norms (GroupNorm32 computes in float32) and the output in float32. The positional map
+    computes in its own dtype (it was handed float16 features of t for its float32 MLP)."""
+    from families import UNetModel, timestep_embedding
+
+    class FP16UNet(UNetModel):
+        def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+            emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+            hs, h = [], x.half()
+            for module in self.input_blocks:
+                h = module(h, emb)
+                hs.append(h)
+            h = self.middle_block(h, emb)
+            for module in self.output_blocks:
+                h = module(torch.cat([h, hs.pop()], 1), emb)
+            return self.out(h.float())
+
+    torch.manual_seed(0)
+    model = FP16UNet(3, 32, 3, 1, (2,))
+    for block in (model.input_blocks, model.middle_block, model.output_blocks):
+        for layer in block.modules():
+            if isinstance(layer, (nn.Conv1d, nn.Conv2d)):  # attention's qkv and proj_out are Conv1d
+                layer.half()
+            if isinstance(layer, (nn.Conv1d, nn.Conv2d)) and not layer.weight.any():  # zero_module: let t through
+                nn.init.normal_(layer.weight, std=0.02)
+    model.eval()
+    call = probe(model, describe(model, input_shape=(3, 8, 8)))
+    x, extras = call.example(2)
+    first = "input_blocks.1.0.out_layers.0"
+    assert first in {s.norm for s in trace_time(model, call, x, call.timesteps(2), extras).sites}
+    result = fix(model, x, positional="mlp", call=call, preserve_output=False)
+    verdicts = {row.name: row.verdict for row in result.after.layers}
+    assert {row.name: row.verdict for row in result.before.layers}[first] == "vanished"
+    assert verdicts[f"{first}.norm"] != "vanished"  # the map's t survives the norm

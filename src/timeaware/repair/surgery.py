@@ -61,6 +61,8 @@ class NormWithPositionalMap(nn.Module):
         if t.ndim and t.shape[0] and h.shape[0] != t.shape[0] and h.shape[0] % t.shape[0] == 0:
             t = t.repeat_interleave(h.shape[0] // t.shape[0], dim=0)  # frames folded into the batch: B·F rows
         time = t if t.ndim == 2 else as_time(t, h.shape[0], h)
+        weight = next(self.time_map.parameters(), None)  # the map's own dtype: h may be float16 in a float32 model
+        time = time if weight is None else time.to(weight.dtype)
         return self.norm(h + self.time_map(time).to(h.dtype), *args, **kwargs)
 
 
