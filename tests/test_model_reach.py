@@ -761,3 +761,30 @@ def test_a_guided_diffusion_fp16_unet_is_audited_traced_and_fixed() -> None:
     verdicts = {row.name: row.verdict for row in result.after.layers}
     assert {row.name: row.verdict for row in result.before.layers}[first] == "vanished"
     assert verdicts[f"{first}.norm"] != "vanished"  # the map's t survives the norm
+
+
+def test_edm_networks_take_their_required_class_labels_as_none_or_as_vectors_of_the_label_layer() -> None:
+    """EDM's SongUNet / DhariwalUNet and EDM2's UNet require ``class_labels`` (None when unconditional) and keep
+    no label_dim; the width of conditional ones is the input of their label layer (``map_label``, ``emb_label``)."""
+
+    class SongUNet(nn.Module):  # NVlabs/edm training/networks.py, reduced to how it reads its inputs
+        def __init__(self, label_dim: int = 0) -> None:
+            super().__init__()
+            self.map_noise, self.norm = nn.Linear(1, 4), nn.GroupNorm(2, 4)
+            self.map_label = nn.Linear(label_dim, 4) if label_dim else None
+
+        def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
+                    augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+            emb = self.map_noise(noise_labels[:, None])
+            if self.map_label is not None:
+                emb = emb + self.map_label(class_labels)
+            return self.norm(x + emb[:, :, None, None])
+
+    unconditional = describe(SongUNet(), input_shape=(4, 4, 4))
+    assert unconditional.inputs["class_labels"].kind == "none" and "augment_labels" not in unconditional.inputs
+    x, extras = unconditional.example(2)
+    assert "class_labels" not in extras  # never made: invoke passes None
+    assert audit(SongUNet(), x, unconditional.timesteps(3), call=unconditional).layers[0].name == "norm"
+    conditional = describe(SongUNet(label_dim=5), input_shape=(4, 4, 4))
+    assert conditional.inputs["class_labels"].shape == (5,) and conditional.inputs["class_labels"].kind == "normal"
+    assert ModelCall.from_dict(json.loads(json.dumps(unconditional.to_dict()))) == unconditional

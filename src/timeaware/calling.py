@@ -21,14 +21,15 @@ from torch import nn
 from .embeddings import TimeDomain, sinusoidal_features
 
 CONVENTIONS = ("xt", "tx", "attr", "concat", "embedding")
-INPUT_KINDS = ("normal", "labels", "ones", "tensor")
+INPUT_KINDS = ("normal", "labels", "ones", "none", "tensor")
 MODES = ("train", "eval")
 
 
 @dataclass(frozen=True)
 class Input:
     """An extra input, per sample: random normal values of ``shape``, integer labels in [0, high), ones (an attention
-    mask that keeps every token), or a given tensor.
+    mask that keeps every token), a given tensor, or none: ``None`` for an argument the model requires but does
+    not use (an unconditional EDM network's ``class_labels``), passed by ``ModelCall.invoke`` and never made.
 
     ``shared``: one value for the whole batch, which the model takes without a batch dimension (Flux's RoPE
     position ids). It is made and sliced as N equal rows like any input, and ``ModelCall.invoke`` passes one.
@@ -166,7 +167,7 @@ class ModelCall:
             raise ValueError("the input shape is unknown; give it (--input-shape, e.g. 3,32,32 or 2,64)")
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(n, *self.input_shape, generator=gen).to(dtype)
-        extras = {name: spec.make(n, gen) for name, spec in self.extras}
+        extras = {name: spec.make(n, gen) for name, spec in self.extras if spec.kind != "none"}
         return x, {name: v.to(dtype) if v.is_floating_point() else v for name, v in extras.items()}
 
     def invoke(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
@@ -176,7 +177,9 @@ class ModelCall:
         An extra named ``group.key`` goes in as ``group={"key": ...}`` (diffusers' ``added_cond_kwargs``); a
         ``shared`` one as its first row."""
         shared = {name for name, spec in self.extras if spec.shared}
-        extras = nest({name: v[0] if name in shared else v for name, v in (extras or {}).items()})
+        given: dict[str, Any] = {name: v[0] if name in shared else v for name, v in (extras or {}).items()}
+        given.update((name, None) for name, spec in self.extras if spec.kind == "none")
+        extras = nest(given)
         tt: torch.Tensor = t[0] if self.scalar_time else t
         if self.scalar_time and t.numel() > 1 and not bool((t == t[0]).all()):
             raise ValueError("this model takes one scalar t per call; a batch with several t cannot be passed at once")

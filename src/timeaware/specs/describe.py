@@ -126,15 +126,33 @@ def _extras(model: nn.Module, names: list[str]) -> tuple[tuple[str, Input], ...]
     label = next((n for n in names if n in LABEL_NAMES), None)
     classes = _count(getattr(model, "num_classes", None)) or _label_table(model)
     vector = _count(getattr(model, "label_dim", None))  # EDM's and EDM2's Precond: one-hot rows of label_dim
+    vector = vector or _label_width(model)
     if label is not None and classes:
         extras.append((label, Input(kind="labels", high=classes)))
     elif label is not None and vector:
         extras.append((label, Input(shape=(vector,))))
+    elif label is not None and any(p.name == label and p.default is inspect.Parameter.empty
+                                   for p in forward_parameters(model)):  # EDM's, EDM2's nets: None, unconditional
+        extras.append((label, Input(kind="none")))
     context = next((n for n in names if n in CONTEXT_NAMES), None)
     width = _count(getattr(model, "context_dim", None)) or _count(getattr(model, "cross_attention_dim", None))
     if context is not None and (width := width or _context_width(model)):
         extras.append((context, Input(shape=(8, width))))  # 8 tokens of text embedding
     return tuple(extras)
+
+
+LABEL_LAYER = re.compile(r"(^|[._])(map_label|emb_label|label_emb)$")
+
+
+def _label_width(model: nn.Module) -> int | None:
+    """The width of the label vectors a model projects (EDM's ``map_label`` Linear, EDM2's ``emb_label``: weight
+    (out, label_dim)); None without such a layer or for an embedding table (integer labels)."""
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if (LABEL_LAYER.search(name) and not isinstance(module, nn.Embedding) and isinstance(weight, torch.Tensor)
+                and weight.ndim == 2):
+            return int(weight.shape[1])
+    return None
 
 
 def _count(value: Any) -> int | None:

@@ -40,8 +40,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, samples: int = 16) -> N
                         "(default: from the model, e.g. a diffusers sample_size or a run)")
     parser.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=SHAPE|FILE",
                         help="an extra keyword input: NAME=8,768 (random normal per sample), NAME=labels:10 "
-                        "(random class labels), or NAME=file.safetensors (its one tensor); GROUP.KEY=... goes into "
-                        "a dict keyword (added_cond_kwargs.time_ids=6); repeatable")
+                        "(random class labels), NAME=file.safetensors (its one tensor), or NAME=none (None, for an "
+                        "argument the model requires but ignores); GROUP.KEY=... goes into a dict keyword "
+                        "(added_cond_kwargs.time_ids=6); repeatable")
     parser.add_argument("--call", choices=CONVENTIONS, help="how t is passed: xt model(x, t); tx model(t, x); attr "
                         "sets .t on submodules (torchdyn); concat appends t to x; embedding passes sinusoidal "
                         "features of t (default: detected)")
@@ -148,6 +149,8 @@ def _extra(text: str, samples: int) -> tuple[str, Input]:
     if not all(part.isidentifier() for part in name.split(".", 1)):
         raise ValueError(f"--input {text!r} is not of the form NAME=VALUE (NAME a keyword, or group.key for a dict "
                          "keyword such as added_cond_kwargs.time_ids)")
+    if value == "none":  # an argument the model requires and ignores: passed as None
+        return name, Input(kind="none")
     if value.startswith("labels:"):
         try:
             high = int(value.removeprefix("labels:"))
