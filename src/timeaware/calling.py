@@ -62,6 +62,8 @@ class Input:
             return torch.randn(n, *self.shape, generator=generator)
         if self.kind == "ones":
             return torch.ones(n, *self.shape, dtype=torch.long)  # 1 = keep (masks are long or bool)
+        if self.kind == "none":
+            raise ValueError("an input of kind 'none' is passed as None by ModelCall.invoke, never made")
         value = self.value
         assert value is not None
         if value.ndim and value.shape[0] == n and tuple(value.shape[1:]) == self.shape:
