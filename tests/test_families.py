@@ -233,3 +233,5 @@ def test_diffusers_configs_as_the_hub_writes_them_pass_and_a_nan_does_not(tmp_pa
     check_diffusers_config({"_class_name": "UVit2DModel", "block_out_channels": 768}, "c.json")
     with pytest.raises(ValueError, match=r"c\.json: field dropout: nan is not allowed; give a finite number"):
         check_diffusers_config({"_class_name": "UNet2DModel", "dropout": float("nan")}, "c.json")
+    with pytest.raises(ValueError, match=r"c\.json: field dropout\.1: nan is not allowed"):  # inside a list too
+        check_diffusers_config({"_class_name": "StableCascadeUNet", "dropout": [0.0, float("nan")]}, "c.json")

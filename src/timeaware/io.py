@@ -106,16 +106,17 @@ def loads(text: str) -> Any:
     is a one-line ValueError naming the field, not an OverflowError in whoever reads it. NaN and infinities
     stay: some fields hold them (a scheduler's ``mode_worse``), and the checks of the others refuse them."""
     value = json.loads(text)
-    found = _huge_integer(value)
+    found = find_value(value, lambda v: isinstance(v, int) and not -MAX_JSON_INTEGER <= v <= MAX_JSON_INTEGER)
     if found is not None:
-        where, digits = found
-        raise ValueError(f"field {where or '(top level)'}: an integer of {digits} digits is not allowed; JSON "
-                         "metadata holds integers up to 10**300")
+        where, number = found
+        raise ValueError(f"field {where or '(top level)'}: an integer of {len(str(abs(number)))} digits is not "
+                         "allowed; JSON metadata holds integers up to 10**300")
     return value
 
 
-def _huge_integer(value: Any) -> tuple[str, int] | None:
-    """The dotted path of the first integer in ``value`` beyond ``MAX_JSON_INTEGER``, and its digit count."""
+def find_value(value: Any, test: Callable[[Any], bool]) -> tuple[str, Any] | None:
+    """The dotted path (``a.0.b``) and value of the first scalar in a parsed JSON ``value`` that passes ``test``,
+    in document order, walked without recursion; None when none does."""
     todo: list[tuple[str, Any]] = [("", value)]
     while todo:
         where, item = todo.pop()
@@ -123,8 +124,8 @@ def _huge_integer(value: Any) -> tuple[str, int] | None:
             todo.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items())))
         elif isinstance(item, list):
             todo.extend((f"{where}.{i}" if where else str(i), v) for i, v in reversed(list(enumerate(item))))
-        elif isinstance(item, int) and not -MAX_JSON_INTEGER <= item <= MAX_JSON_INTEGER:
-            return where, len(str(abs(item)))
+        elif test(item):
+            return where, item
     return None
 
 

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .io import loads, read_json
+from .io import find_value, loads, read_json
 from .resources import FLOAT, check_memory, unet_size
 from .validate import INT64_MAX, MAX_MAP, MAX_WIDTH
 
@@ -200,8 +200,8 @@ def check_diffusers_config(config: Any, source: str | Path) -> dict[str, Any]:
     """A diffusers ``config.json``'s common fields checked for types and ranges, and the model it describes
     (built, and run on one sample) checked to fit in memory: ``block_out_channels`` [1000000] needs terabytes."""
     check(config, DIFFUSERS_CONFIG, source)
-    bad = next(((key, v) for key, v in config.items() if isinstance(v, float) and not math.isfinite(v)), None)
-    if bad is not None:  # JSON's NaN/Infinity: a dropout of NaN passes every range and fails in the first call
+    bad = find_value(config, lambda v: isinstance(v, float) and not math.isfinite(v))
+    if bad is not None:  # JSON's NaN/Infinity, anywhere: a dropout of NaN passes every range, fails in the first call
         raise ValueError(f"{source}: field {bad[0]}: {bad[1]} is not allowed; give a finite number")
     widths = config.get("block_out_channels")
     if isinstance(widths, list) and widths:
