@@ -45,11 +45,13 @@ def load_fixed(folder: str | Path, *, trust_code: bool = False) -> nn.Module:
     meta = read_checked(recipe, FIX_RECIPE)  # the keys, and the call's fields typed and bounded
     call = _field(recipe, "call", lambda: ModelCall.from_dict(meta["call"]))
     options = _options(recipe, meta["fix"])
-    with torch.device("meta"):  # sized first, with no memory: the recorded maps could ask for terabytes
-        sized = _field(recipe, "base", lambda: build_base(meta["base"], trust_code=trust_code, source=str(recipe)))
-        _field(recipe, "fix", lambda: apply_fix(sized, options, call))
-    weights = sum(p.numel() * p.element_size() for p in sized.parameters())
-    check_memory(2 * weights, f"{recipe}: the fixed model, {weights:,} bytes of weights")
+    if options.get("positional") and options.get("sites"):  # maps: sized first on the meta device, no memory
+        with torch.device("meta"):  # (the recorded map sizes could ask for terabytes; build_base sizes the base)
+            sized = _field(recipe, "base", lambda: build_base(meta["base"], trust_code=trust_code,
+                                                               source=str(recipe)))
+            _field(recipe, "fix", lambda: apply_fix(sized, options, call))
+        weights = sum(p.numel() * p.element_size() for p in sized.parameters())
+        check_memory(2 * weights, f"{recipe}: the fixed model, {weights:,} bytes of weights")
     model = _field(recipe, "base", lambda: build_base(meta["base"], trust_code=trust_code, source=str(recipe)))
     _field(recipe, "fix", lambda: apply_fix(model, options, call))
     load_weights(model, folder / "model.safetensors", against=str(recipe))
