@@ -592,7 +592,7 @@ def test_a_read_only_file_system_is_one_line(tmpfs, run, capsys):
 
 
 @pytest.mark.parametrize(("edit", "field"), [
-    (lambda c: c.update(bogus=1), "config: NodeRunConfig"),
+    (lambda c: c.update(bogus=1), "config: unknown run setting 'bogus'"),
     (lambda c: c["solver"].update(tolerance=1), "config: SolverOptions"),
     (lambda c: c.update(lr=10**400), "state.config.lr: an integer of 401 digits"),
     (lambda c: c.update(lr=1e308), "config: lr=1e+308 is not allowed"),
@@ -611,3 +611,14 @@ def test_a_node_run_config_that_names_unknown_or_huge_settings_is_one_line_namin
     for argv in (["audit", str(out)], ["time-use", str(out), "--out", str(tmp_path / "tu")]):
         line = refused(argv, capsys, out)
         assert "state.json: " in line and f"field {field}" in line, line
+
+
+def test_a_ddpm_state_with_an_unknown_unet_field_is_one_line_naming_state_json(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    state_file = next(copy.glob("checkpoints/step-*/state.json"))
+    state = json.loads(state_file.read_text())
+    state["state"]["unet"]["bogus"] = 1
+    state_file.write_text(json.dumps(state))
+    line = refused(["sample", str(copy), "--num", "1", "--steps", "1", "--out", str(tmp_path / "o")], capsys, copy)
+    assert "state.json" in line and "unet" in line and "bogus" in line, line

@@ -16,7 +16,7 @@ import torch
 
 from ..io import atomic_write, staged_folder
 from ..resources import FLOAT, check_memory, sampling_bytes
-from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state
+from ..training import find_checkpoint, load_checkpoint, read_checkpoint_state, state_field
 from ..validate import check_int, check_type
 from .ddpm import Schedule, make_scheduler, to_image_range
 from .unet import UNet, UNetConfig
@@ -99,7 +99,7 @@ def load_unet(checkpoint: str | Path, raw: bool = False,
     if recorded != Schedule().to_dict():  # the one schedule training uses and sample() draws with
         raise ValueError(f"{path / 'state.json'}: field state.schedule: {recorded} is not the DDPM schedule "
                          f"{Schedule().to_dict()} that timeaware trains and samples with")
-    cfg = UNetConfig.from_dict(meta["state"]["unet"])
+    cfg = state_field(path, "state.unet", lambda: UNetConfig.from_dict(meta["state"]["unet"]))
     params = cfg.size()[0]
     check_memory(2 * params * FLOAT, f"{path}: a U-Net of about {params:,} parameters (and its EMA)")
     model = UNet(cfg)

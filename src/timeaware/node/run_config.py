@@ -85,6 +85,10 @@ class NodeRunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeRunConfig:
+        unknown = sorted(set(data) - set(run_fields()) - {"model", "solver"})
+        if unknown:
+            allowed = ", ".join([*run_fields(), "model", "solver"])
+            raise ValueError(f"unknown run setting {unknown[0]!r}; allowed: {allowed}")
         data = dict(data)
         model, solver = TimeAware.from_dict(data.pop("model", {})), SolverOptions(**data.pop("solver", {}))
         return cls(model=model, solver=solver, **data)
