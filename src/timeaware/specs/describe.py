@@ -216,7 +216,9 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
     if not type(model).__module__.startswith("diffusers"):
         return None
     config = getattr(model, "config", None)
-    names = [p.name for p in forward_parameters(model)]
+    params = forward_parameters(model)
+    names = [p.name for p in params]
+    required = {p.name for p in params if p.default is inspect.Parameter.empty}
     if config is None or "timestep" not in names:
         proj = getattr(model, "time_emb_proj", None)
         if isinstance(proj, nn.Linear):
@@ -241,7 +243,6 @@ def _diffusers(model: nn.Module) -> ModelCall | None:
                               "text_dim", "context_in_dim", "text_in_dim", "cap_feat_dim", "cross_attention_dim")
                   if (w := get(k)) is not None), None)
     width = width[0] if isinstance(width, (list, tuple)) else width
-    required = {p.name for p in forward_parameters(model) if p.default is inspect.Parameter.empty}
     if "encoder_hidden_states" in names and isinstance(width, int):
         extras["encoder_hidden_states"] = Input(shape=(8, width))
         for mask in [m for m in ("encoder_attention_mask", "encoder_mask") if m in required]:  # Mochi, Lumina 2
